@@ -1,0 +1,1 @@
+"""dwf_jax: DeepWeightFlow (re-basined flow matching for network weights) in JAX."""
