@@ -1,0 +1,50 @@
+"""Accuracy of whole ensembles (one vmapped apply) and their novelty in weight space."""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+
+
+def ensemble_accuracy(model: nn.Module, stacked_variables: PyTree, x: np.ndarray, y: np.ndarray, batch_size: int = 2000) -> np.ndarray:
+    """Test accuracy (percent) of every model in a stacked zoo; the test set is streamed in batches."""
+
+    @jax.jit
+    def correct_in_batch(variables, xb, yb):
+        logits = jax.vmap(model.apply, in_axes=(0, None))(variables, xb)
+        return jnp.sum(jnp.argmax(logits, axis=-1) == yb[None, :], axis=1)
+
+    correct = sum(
+        np.asarray(correct_in_batch(stacked_variables, x[start : start + batch_size], y[start : start + batch_size]))
+        for start in range(0, len(x), batch_size)
+    )
+    return 100.0 * correct / len(x)
+
+
+def summary(values: np.ndarray) -> dict[str, float]:
+    values = np.asarray(values, dtype=np.float64)
+    return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()), "max": float(values.max())}
+
+
+@jax.jit
+def pairwise_distances(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Euclidean distances between rows of a (M, D) and b (N, D), one row of a at a time (exact near zero)."""
+    return jax.lax.map(lambda row: jnp.linalg.norm(b - row, axis=1), a)
+
+
+def novelty(generated: jax.Array, originals: jax.Array) -> dict[str, dict[str, float]]:
+    """Each generated model's distance to its nearest original, beside the originals' own nearest-neighbour distances.
+
+    Generated models far closer to an original than originals are to each other
+    would be memorised copies rather than new networks.
+    """
+    to_originals = np.asarray(jnp.min(pairwise_distances(generated, originals), axis=1))
+    among_originals = np.asarray(pairwise_distances(originals, originals)) + np.diag(np.full(len(originals), np.inf))
+    return {
+        "generated_to_nearest_original": summary(to_originals),
+        "original_to_nearest_other_original": summary(among_originals.min(axis=1)),
+    }

@@ -1,0 +1,67 @@
+"""Generate weights by integrating the learned velocity field from noise (one lax.scan)."""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+Velocity = Callable[[jax.Array, jax.Array], jax.Array]
+_STAGES = {"euler": 1, "rk4": 4}
+
+
+def num_function_evals(method: str, num_steps: int) -> int:
+    """Exact number of velocity evaluations `integrate` makes."""
+    if method not in _STAGES:
+        raise ValueError(f"unknown ODE method {method!r}; choose {sorted(_STAGES)}")
+    return _STAGES[method] * num_steps
+
+
+def integrate(
+    velocity: Velocity, x0: jax.Array, num_steps: int, method: str = "rk4", on_step: Callable[[jax.Array], None] | None = None
+) -> jax.Array:
+    """Integrate dx/dt = v(x, t) from t=0 to t=1 in `num_steps` equal steps.
+
+    `on_step(i)` runs on host after each step (a progress bar), via jax.debug.callback.
+    """
+    num_function_evals(method, num_steps)
+    dt = 1.0 / num_steps
+
+    def field(x, t):
+        return velocity(x, jnp.full((x.shape[0],), t, x.dtype))
+
+    def euler_step(x, t):
+        return x + dt * field(x, t)
+
+    def rk4_step(x, t):
+        k1 = field(x, t)
+        k2 = field(x + 0.5 * dt * k1, t + 0.5 * dt)
+        k3 = field(x + 0.5 * dt * k2, t + 0.5 * dt)
+        k4 = field(x + dt * k3, t + dt)
+        return x + (dt / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+
+    step = rk4_step if method == "rk4" else euler_step
+
+    def scan_step(x, i):
+        x = step(x, i.astype(x0.dtype) * dt)
+        if on_step is not None:
+            jax.debug.callback(on_step, i)
+        return x, None
+
+    x1, _ = jax.lax.scan(scan_step, x0, jnp.arange(num_steps))
+    return x1
+
+
+def sample_ensemble(
+    velocity: Velocity,
+    key: jax.Array,
+    num_samples: int,
+    dim: int,
+    *,
+    source_std: float,
+    num_steps: int,
+    method: str,
+    on_step: Callable[[jax.Array], None] | None = None,
+) -> jax.Array:
+    """(num_samples, dim) generated weight vectors, the whole ensemble in one integration."""
+    x0 = source_std * jax.random.normal(key, (num_samples, dim))
+    return integrate(velocity, x0, num_steps, method, on_step)

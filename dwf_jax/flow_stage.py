@@ -1,0 +1,86 @@
+"""Pipeline edges of the flow: resumable training with checkpoints, and ensemble sampling."""
+
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from tqdm.auto import tqdm
+
+from dwf_jax import flow
+
+PyTree = Any
+_KEEP_CHECKPOINTS = 2
+
+
+def build_flow(config: ml_collections.ConfigDict, dim: int) -> flow.VelocityField:
+    f = config.flow
+    return flow.VelocityField(dim=dim, hidden=f.hidden, time_embed_dim=f.time_embed_dim, dropout=f.dropout)
+
+
+def train_flow_stage(config: ml_collections.ConfigDict, weights: jax.Array, workdir: pathlib.Path, progress: bool) -> PyTree:
+    """Train the flow on the (N, D) canonical weights, checkpointing every `flow.checkpoint_every` steps."""
+    f = config.flow
+    model = build_flow(config, weights.shape[1])
+    tx = flow.make_optimizer(f.learning_rate, f.weight_decay, f.iterations)
+    root = jax.random.fold_in(jax.random.key(config.seed), 2)
+    state = flow.create_flow_state(model, tx, jax.random.fold_in(root, 0))
+    train_chunk = flow.make_train_chunk(
+        model, tx, batch_size=f.batch_size, source_std=f.source_std, sigma=f.sigma,
+        time_distribution=f.time_distribution, beta=tuple(f.beta),
+    )
+    manager = ocp.CheckpointManager(
+        (workdir / "flow_checkpoints").absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=_KEEP_CHECKPOINTS)
+    )
+    losses = np.zeros(f.iterations, np.float32)
+    if manager.latest_step() is not None:
+        saved = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore({"state": state, "losses": losses}))
+        state, losses = flow.FlowState(*saved["state"]), saved["losses"]
+        logging.info("flow: resuming from step %d", int(state.step))
+    train_key = jax.random.fold_in(root, 1)
+    bar = tqdm(total=f.iterations, initial=int(state.step), desc="flow", unit="step", disable=not progress)
+    start = time.perf_counter()
+    while int(state.step) < f.iterations:
+        step = int(state.step)
+        num_steps = min(f.steps_per_dispatch, f.iterations - step, f.checkpoint_every - step % f.checkpoint_every)
+        state, chunk_losses = train_chunk(state, train_key, weights, num_steps)
+        losses[step : step + num_steps] = np.asarray(chunk_losses)
+        if not np.all(np.isfinite(chunk_losses)):
+            raise FloatingPointError(f"flow loss became non-finite near step {step + num_steps}; last good checkpoint: step {manager.latest_step()}")
+        if int(state.step) % f.checkpoint_every == 0 or int(state.step) == f.iterations:
+            manager.save(int(state.step), args=ocp.args.StandardSave({"state": state, "losses": losses}))
+        bar.update(num_steps)
+        bar.set_postfix(loss=f"{float(jnp.mean(chunk_losses)):.3e}")
+    bar.close()
+    manager.wait_until_finished()
+    logging.info("flow: %d steps, %.2f ms/step this run", f.iterations, 1e3 * (time.perf_counter() - start) / max(1, f.iterations))
+    num_params = sum(leaf.size for leaf in jax.tree.leaves(state.params))
+    return {"params": state.params, "losses": losses, "num_params": np.asarray(num_params)}
+
+
+def sample_stage(config: ml_collections.ConfigDict, flow_params: PyTree, dim: int, progress: bool) -> PyTree:
+    """The whole generated ensemble from one integration of the flow."""
+    s = config.sample
+    model = build_flow(config, dim)
+
+    def velocity(x, t):
+        return model.apply({"params": flow_params}, x, t, train=False)
+
+    key = jax.random.fold_in(jax.random.key(config.seed), 3)
+    bar = tqdm(total=s.steps, desc="sampling", unit="ODE step", disable=not progress)
+    start = time.perf_counter()
+    sample = jax.jit(
+        lambda k: flow.sample_ensemble(
+            velocity, k, s.num_samples, dim, source_std=config.flow.source_std, num_steps=s.steps, method=s.method,
+            on_step=(lambda _: bar.update(1)) if progress else None,
+        )
+    )
+    weights = np.asarray(jax.block_until_ready(sample(key)))
+    bar.close()
+    logging.info("sampling: %d models, %d flow evaluations, %.2f s (incl. compile)", s.num_samples, flow.num_function_evals(s.method, s.steps), time.perf_counter() - start)
+    return {"weights": weights}

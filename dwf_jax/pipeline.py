@@ -1,0 +1,118 @@
+"""The DeepWeightFlow pipeline: zoo -> canonical zoo -> flow -> samples -> report.
+
+Each stage is saved under the workdir and loaded instead of recomputed when
+the same config runs again.
+"""
+
+import pathlib
+import shutil
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from dwf_jax import checkpoints, permutations, report, zoo
+from dwf_jax.config import validate_config
+from dwf_jax.data import Dataset, load_dataset
+from dwf_jax.evaluate import ensemble_accuracy
+from dwf_jax.flatten import flatten_zoo, unflattener, unstack
+from dwf_jax.flow_stage import sample_stage, train_flow_stage
+from dwf_jax.models import build_model, permutation_spec
+from dwf_jax.workdir import claim
+
+PyTree = Any
+
+
+class Stages:
+    """Runs a stage once per workdir: later runs load its saved result; times are kept in timings.json."""
+
+    def __init__(self, workdir: pathlib.Path):
+        self.workdir = workdir
+        self.timings_path = workdir / "timings.json"
+        self.timings = checkpoints.load_json(self.timings_path) if self.timings_path.exists() else {}
+
+    def run(self, name: str, compute: Callable[[], PyTree]) -> PyTree:
+        path = self.workdir / name
+        if path.exists():
+            logging.info("stage %-9s loaded from %s (computed earlier in %.1f s)", name, path, self.timings.get(name, float("nan")))
+            return checkpoints.restore_tree(path)
+        start = time.perf_counter()
+        result = jax.block_until_ready(compute())
+        checkpoints.save_tree(path, result)
+        self.timings[name] = time.perf_counter() - start
+        checkpoints.save_json(self.timings_path, self.timings)
+        logging.info("stage %-9s done in %.1f s -> %s", name, self.timings[name], path)
+        return result
+
+
+def train_zoo_stage(config: ml_collections.ConfigDict, dataset: Dataset, workdir: pathlib.Path, progress: bool) -> PyTree:
+    """All models, chunk by chunk (each chunk saved, so an interrupted zoo resumes), then their test accuracy."""
+    model = build_model(config.model)
+    tx = zoo.make_optimizer(config.zoo.optimizer, config.zoo.learning_rate, config.zoo.weight_decay)
+    chunk_dir = workdir / "zoo_chunks"
+    trained = []
+    for number, indices in enumerate(zoo.chunks(config.zoo.num_models, config.zoo.models_per_chunk)):
+        path = chunk_dir / f"chunk_{number:04d}"
+        if not path.exists():
+            variables, _ = zoo.train_models(
+                model, tx, dataset.x_train, dataset.y_train, seed=config.seed, model_indices=indices,
+                epochs=config.zoo.epochs, batch_size=config.zoo.batch_size, progress=progress,
+            )
+            checkpoints.save_tree(path, variables)
+        trained.append(checkpoints.restore_tree(path))
+    variables = jax.tree.map(lambda *leaves: np.concatenate(leaves), *trained)
+    accuracy = ensemble_accuracy(model, variables, dataset.x_test, dataset.y_test, config.eval.batch_size)
+    return {"variables": variables, "test_accuracy": accuracy}
+
+
+def canonicalize_stage(config: ml_collections.ConfigDict, variables: PyTree, dataset: Dataset) -> PyTree:
+    """Git Re-Basin weight matching of every model to the reference model."""
+    num_models = config.zoo.num_models
+    reference = unstack(variables, config.canonical.reference)
+    spec = permutation_spec(config.model)
+    permutations.validate(spec, reference)
+    key = jax.random.fold_in(jax.random.key(config.seed), 1)
+    aligned = []
+    for index in range(num_models):
+        params = unstack(variables, index)
+        if index != config.canonical.reference and config.canonical.method == "rebasin":
+            match = permutations.weight_matching(jax.random.fold_in(key, index), spec, reference, params, max_iter=config.canonical.max_iter)
+            params = permutations.apply_permutation(spec, match.perms, params)
+        aligned.append(params)
+    canonical = jax.tree.map(lambda *leaves: np.stack(leaves), *aligned)
+    model = build_model(config.model)
+    accuracy = ensemble_accuracy(model, canonical, dataset.x_test, dataset.y_test, config.eval.batch_size)
+    return {"variables": canonical, "test_accuracy": accuracy}
+
+
+def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, progress: bool = True) -> dict:
+    """Run (or resume) every stage in `workdir` and return the report."""
+    validate_config(config)
+    dataset = load_dataset(config.data.name, config.data.dir, config.data.source)
+    claim(workdir, config)
+    stages = Stages(workdir)
+    logging.info("data %s: %d train / %d test from %s", dataset.name, len(dataset.x_train), len(dataset.x_test), dataset.source)
+
+    zoo_result = stages.run("zoo", lambda: train_zoo_stage(config, dataset, workdir, progress))
+    shutil.rmtree(workdir / "zoo_chunks", ignore_errors=True)
+    canonical = stages.run("canonical", lambda: canonicalize_stage(config, zoo_result["variables"], dataset))
+
+    weights = jnp.asarray(flatten_zoo(canonical["variables"]))
+    flow = stages.run("flow", lambda: train_flow_stage(config, weights, workdir, progress))
+    samples = stages.run("samples", lambda: sample_stage(config, flow["params"], weights.shape[1], progress))
+
+    model = build_model(config.model)
+    unflatten = unflattener(unstack(canonical["variables"], 0))
+    generated_accuracy = ensemble_accuracy(model, unflatten(samples["weights"]), dataset.x_test, dataset.y_test, config.eval.batch_size)
+    result = report.build_report(
+        config=config, dataset=dataset, original_accuracy=zoo_result["test_accuracy"],
+        canonical_accuracy=canonical["test_accuracy"], original_weights=np.asarray(flatten_zoo(zoo_result["variables"])),
+        canonical_weights=np.asarray(weights), generated_weights=samples["weights"],
+        generated_accuracy=generated_accuracy, flow=flow, timings=stages.timings,
+    )
+    report.write(workdir, result)
+    return result

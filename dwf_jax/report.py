@@ -1,0 +1,107 @@
+"""report.json, a readable summary, and a figure of original vs generated accuracy."""
+
+import pathlib
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+
+from dwf_jax import checkpoints, flow  # noqa: E402
+from dwf_jax.data import Dataset  # noqa: E402
+from dwf_jax.evaluate import novelty, summary  # noqa: E402
+
+REPORT_FILE = "report.json"
+FIGURE_FILE = "accuracy.png"
+
+
+def build_report(
+    *,
+    config: ml_collections.ConfigDict,
+    dataset: Dataset,
+    original_accuracy: np.ndarray,
+    canonical_accuracy: np.ndarray,
+    original_weights: np.ndarray,
+    canonical_weights: np.ndarray,
+    generated_weights: np.ndarray,
+    generated_accuracy: np.ndarray,
+    flow: dict[str, Any],
+    timings: dict[str, float],
+) -> dict:
+    """Everything a reader needs to compare the generated ensemble with its zoo."""
+    finite = np.all(np.isfinite(generated_weights), axis=1)
+    reference = original_weights[config.canonical.reference]
+    return {
+        "dataset": {"name": dataset.name, "source": dataset.source, "train": len(dataset.x_train), "test": len(dataset.x_test)},
+        "model": {"name": config.model.name, "features": list(config.model.features), "num_params": int(original_weights.shape[1])},
+        "original": {"num_models": len(original_accuracy), "accuracy": summary(original_accuracy), "per_model": np.round(original_accuracy, 4).tolist()},
+        "canonicalization": {
+            "method": config.canonical.method,
+            "max_accuracy_change": float(np.max(np.abs(canonical_accuracy - original_accuracy))),
+            "distance_to_reference_before": summary(np.linalg.norm(original_weights - reference, axis=1)),
+            "distance_to_reference_after": summary(np.linalg.norm(canonical_weights - canonical_weights[config.canonical.reference], axis=1)),
+        },
+        "flow": {
+            "weight_space": f"full weights (D={canonical_weights.shape[1]})",
+            "num_params": int(flow["num_params"]),
+            "iterations": config.flow.iterations,
+            "final_loss_mean_last_100": float(np.mean(flow["losses"][-100:])),
+        },
+        "generated": {
+            "num_samples": len(generated_accuracy),
+            "num_nonfinite": int(np.sum(~finite)),
+            "accuracy": summary(generated_accuracy),
+            "per_model": np.round(generated_accuracy, 4).tolist(),
+            "ode_method": config.sample.method,
+            "ode_steps": config.sample.steps,
+            "nfe": flow_nfe(config),
+            "novelty": novelty(generated_weights[finite], canonical_weights) if finite.any() else {},
+        },
+        "timings": {name: round(seconds, 3) for name, seconds in timings.items()},
+    }
+
+
+def flow_nfe(config: ml_collections.ConfigDict) -> int:
+    return flow.num_function_evals(config.sample.method, config.sample.steps)
+
+
+def format_summary(result: dict) -> str:
+    original, generated = result["original"]["accuracy"], result["generated"]["accuracy"]
+    novelty_stats = result["generated"]["novelty"]
+    lines = [
+        f"{result['dataset']['name']} / {result['model']['name']} {result['model']['features']} ({result['model']['num_params']} params), data: {result['dataset']['source']}",
+        f"  original  ({result['original']['num_models']:>4} models): {original['mean']:.2f} ± {original['std']:.2f} %  [min {original['min']:.2f}, max {original['max']:.2f}]",
+        f"  generated ({result['generated']['num_samples']:>4} models): {generated['mean']:.2f} ± {generated['std']:.2f} %  [min {generated['min']:.2f}, max {generated['max']:.2f}]",
+        f"  sampler: {result['generated']['ode_method']} x {result['generated']['ode_steps']} steps = {result['generated']['nfe']} flow evaluations; {result['flow']['weight_space']}",
+    ]
+    if novelty_stats:
+        lines.append(
+            "  novelty: generated -> nearest original {:.3f} (mean), originals -> nearest other {:.3f} (mean)".format(
+                novelty_stats["generated_to_nearest_original"]["mean"], novelty_stats["original_to_nearest_other_original"]["mean"]
+            )
+        )
+    lines.append("  timings (s): " + ", ".join(f"{name} {seconds:.1f}" for name, seconds in result["timings"].items()))
+    return "\n".join(lines)
+
+
+def plot_accuracy(result: dict, path: pathlib.Path) -> None:
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    values = [result["original"]["per_model"], result["generated"]["per_model"]]
+    bins = np.linspace(min(map(min, values)), max(map(max, values)) + 1e-6, 30)
+    axis.hist(values[0], bins=bins, alpha=0.6, label="original")
+    axis.hist(values[1], bins=bins, alpha=0.6, label="generated")
+    axis.set_xlabel("test accuracy (%)")
+    axis.set_ylabel("models")
+    axis.set_title(f"{result['dataset']['name']} {result['model']['name']}: original vs generated")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write(workdir: pathlib.Path, result: dict) -> None:
+    checkpoints.save_json(workdir / REPORT_FILE, result)
+    plot_accuracy(result, workdir / FIGURE_FILE)
