@@ -1,0 +1,136 @@
+"""Permutation specs: which permutation group acts on which axis of which array.
+
+A spec is a pytree with exactly the structure of the parameters it describes,
+whose leaves are `Axes`. Keeping the spec a mirror of the params (rather than a
+flat name table) lets it be written with the same nesting Flax produces and be
+checked leaf-by-leaf against real arrays, with readable key paths in errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+from jax.tree_util import keystr
+
+
+@dataclasses.dataclass(frozen=True, init=False)
+class Axes:
+    """Permutation group name (or None = not permuted) for each axis of one array.
+
+    Deliberately not registered as a pytree node, so it stays a leaf of the spec.
+    """
+
+    names: tuple[str | None, ...]
+
+    def __init__(self, *names: str | None) -> None:
+        for name in names:
+            if name is not None and not isinstance(name, str):
+                raise TypeError(f"Axes names must be str or None, got {name!r}")
+        object.__setattr__(self, "names", tuple(names))
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __repr__(self) -> str:
+        return f"Axes({', '.join(map(repr, self.names))})"
+
+    def permuted(self) -> tuple[tuple[int, str], ...]:
+        """(axis, group) for every permuted axis, in axis order."""
+        return tuple((axis, g) for axis, g in enumerate(self.names) if g is not None)
+
+
+class Aligned(NamedTuple):
+    """Params leaves paired with their `Axes`, in params flatten order.
+
+    `treedef` is the params' own structure, so transformed leaves can be put
+    back into exactly the container types the caller passed in.
+    """
+
+    paths: list[str]
+    leaves: list[Any]
+    axes: list[Axes]
+    treedef: jax.tree_util.PyTreeDef
+
+    def group_sizes(self) -> dict[str, int]:
+        """Size of every permutation group, keyed by group name in sorted order."""
+        sizes = {
+            group: np.shape(leaf)[axis]
+            for leaf, axes in zip(self.leaves, self.axes)
+            for axis, group in axes.permuted()
+        }
+        return dict(sorted(sizes.items()))
+
+    def group_axes(self) -> dict[str, list[tuple[str, int]]]:
+        """For every group (sorted), the (key path, axis) pairs it permutes."""
+        found: dict[str, list[tuple[str, int]]] = {}
+        for path, axes in zip(self.paths, self.axes):
+            for axis, group in axes.permuted():
+                found.setdefault(group, []).append((path, axis))
+        return dict(sorted(found.items()))
+
+
+def _structure_error(spec_paths: set[str], param_paths: set[str]) -> str | None:
+    missing = sorted(param_paths - spec_paths)
+    extra = sorted(spec_paths - param_paths)
+    parts = []
+    if missing:
+        parts.append(f"spec has no entry for params leaf(s) {', '.join(missing)}")
+    if extra:
+        parts.append(f"spec entry(ies) {', '.join(extra)} match no params leaf")
+    return "; ".join(parts) or None
+
+
+def align(spec: Any, params: Any) -> Aligned:
+    """Validate `spec` against `params` and pair every params leaf with its `Axes`.
+
+    Raises one `ValueError` naming the offending key path(s) when the
+    structures differ, an `Axes` length differs from the array's ndim, or one
+    group is used on axes of different sizes.
+    """
+    spec_pairs, _ = jax.tree_util.tree_flatten_with_path(spec)
+    by_path = {keystr(path): axes for path, axes in spec_pairs}
+    param_pairs, treedef = jax.tree_util.tree_flatten_with_path(params)
+    paths = [keystr(path) for path, _ in param_pairs]
+    for path, axes in by_path.items():
+        if not isinstance(axes, Axes):
+            raise ValueError(f"spec leaf at {path} must be Axes, got {axes!r}")
+    error = _structure_error(set(by_path), set(paths))
+    if error:
+        raise ValueError(f"spec does not match params structure: {error}")
+
+    leaves = [leaf for _, leaf in param_pairs]
+    axes_list = [by_path[path] for path in paths]
+    seen: dict[str, tuple[str, int, int]] = {}
+    for path, leaf, axes in zip(paths, leaves, axes_list):
+        shape = np.shape(leaf)
+        if len(axes) != len(shape):
+            raise ValueError(
+                f"spec at {path} has {len(axes)} axes {axes} but the array has "
+                f"ndim {len(shape)} (shape {shape})"
+            )
+        for axis, group in axes.permuted():
+            first = seen.setdefault(group, (path, axis, shape[axis]))
+            if first[2] != shape[axis]:
+                raise ValueError(
+                    f"group {group!r} has inconsistent sizes: {first[2]} at "
+                    f"{first[0]} axis {first[1]} but {shape[axis]} at {path} axis {axis}"
+                )
+    return Aligned(paths, leaves, axes_list, treedef)
+
+
+def validate(spec: Any, params: Any) -> None:
+    """Raise a `ValueError` naming the offending path if `spec` does not fit `params`."""
+    align(spec, params)
+
+
+def group_sizes(spec: Any, params: Any) -> dict[str, int]:
+    """Size of every permutation group, keyed by group name in sorted order."""
+    return align(spec, params).group_sizes()
+
+
+def group_axes(spec: Any, params: Any) -> dict[str, list[tuple[str, int]]]:
+    """For every group (sorted), the (key path, axis) pairs it permutes."""
+    return align(spec, params).group_axes()
