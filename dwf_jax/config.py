@@ -12,6 +12,7 @@ DATASETS = ("iris", "mnist", "fashion_mnist")
 ZOO_OPTIMIZERS = ("adam", "adamw", "sgd")
 INIT_SCHEMES = ("kaiming", "xavier", "normal", "uniform")
 CANONICALIZATION = ("rebasin", "none")
+PCA_METHODS = ("none", "dual")
 TIME_DISTRIBUTIONS = ("uniform", "beta")
 ODE_METHODS = ("rk4", "euler")
 
@@ -44,6 +45,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.canonical.method = "rebasin"
     config.canonical.reference = 0
     config.canonical.max_iter = 100
+
+    config.pca = ml_collections.ConfigDict()
+    config.pca.method = "none"  # none: the flow sees full weights; dual: it sees PCA coefficients
+    config.pca.components = 99
 
     config.flow = ml_collections.ConfigDict()
     config.flow.hidden = 256
@@ -95,6 +100,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_choice(config.canonical.method, CANONICALIZATION, "canonical.method")
     _check(0 <= config.canonical.reference < zoo.num_models, f"canonical.reference={config.canonical.reference} must index a zoo model (0..{zoo.num_models - 1})")
     _check(config.canonical.max_iter >= 1, f"canonical.max_iter={config.canonical.max_iter} must be >= 1")
+    _check_choice(config.pca.method, PCA_METHODS, "pca.method")
+    if config.pca.method != "none":
+        _check(1 <= config.pca.components <= zoo.num_models - 1, f"pca.components={config.pca.components} must be in [1, zoo.num_models - 1 = {zoo.num_models - 1}]")
     _check(flow.hidden >= 2 and flow.hidden % 2 == 0, f"flow.hidden={flow.hidden} must be even and >= 2 (the middle layer is hidden/2)")
     _check(flow.time_embed_dim >= 1, f"flow.time_embed_dim={flow.time_embed_dim} must be >= 1")
     _check(0.0 <= flow.dropout < 1.0, f"flow.dropout={flow.dropout} must be in [0, 1)")

@@ -63,8 +63,8 @@ def train_flow_stage(config: ml_collections.ConfigDict, weights: jax.Array, work
     return {"params": state.params, "losses": losses, "num_params": np.asarray(num_params)}
 
 
-def sample_stage(config: ml_collections.ConfigDict, flow_params: PyTree, dim: int, progress: bool) -> PyTree:
-    """The whole generated ensemble from one integration of the flow."""
+def sample_stage(config: ml_collections.ConfigDict, flow_params: PyTree, dim: int, progress: bool) -> jax.Array:
+    """The whole generated ensemble (in the flow's space) from one integration of the flow."""
     s = config.sample
     model = build_flow(config, dim)
 
@@ -80,7 +80,7 @@ def sample_stage(config: ml_collections.ConfigDict, flow_params: PyTree, dim: in
             on_step=(lambda _: bar.update(1)) if progress else None,
         )
     )
-    weights = np.asarray(jax.block_until_ready(sample(key)))
+    samples = jax.block_until_ready(sample(key))
     bar.close()
     logging.info("sampling: %d models, %d flow evaluations, %.2f s (incl. compile)", s.num_samples, flow.num_function_evals(s.method, s.steps), time.perf_counter() - start)
-    return {"weights": weights}
+    return samples

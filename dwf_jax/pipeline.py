@@ -7,6 +7,7 @@ the same config runs again.
 import pathlib
 import shutil
 import time
+from functools import partial
 from typing import Any, Callable
 
 import jax
@@ -15,7 +16,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from dwf_jax import checkpoints, permutations, report, zoo
+from dwf_jax import checkpoints, pca, permutations, report, zoo
 from dwf_jax.config import validate_config
 from dwf_jax.data import Dataset, load_dataset
 from dwf_jax.evaluate import ensemble_accuracy
@@ -102,8 +103,16 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, progress: bool
     canonical = stages.run("canonical", lambda: canonicalize_stage(config, zoo_result["variables"], dataset))
 
     weights = jnp.asarray(flatten_zoo(canonical["variables"]))
-    flow = stages.run("flow", lambda: train_flow_stage(config, weights, workdir, progress))
-    samples = stages.run("samples", lambda: sample_stage(config, flow["params"], weights.shape[1], progress))
+    flow_data, to_weights, weight_space = weights, lambda x: x, f"full weights (D={weights.shape[1]})"
+    if config.pca.method == "dual":
+        fitted = stages.run("pca", lambda: pca.fit_dual(weights, config.pca.components)._asdict())
+        pca_state = pca.PCAState(**{name: jnp.asarray(value) for name, value in fitted.items()})
+        flow_data, to_weights = pca.transform(pca_state, weights), partial(pca.inverse_transform, pca_state)
+        weight_space = f"dual PCA, {config.pca.components} components of D={weights.shape[1]}"
+    flow = stages.run("flow", lambda: train_flow_stage(config, flow_data, workdir, progress))
+    samples = stages.run(
+        "samples", lambda: {"weights": np.asarray(to_weights(sample_stage(config, flow["params"], flow_data.shape[1], progress)))}
+    )
 
     model = build_model(config.model)
     unflatten = unflattener(unstack(canonical["variables"], 0))
@@ -112,7 +121,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, progress: bool
         config=config, dataset=dataset, original_accuracy=zoo_result["test_accuracy"],
         canonical_accuracy=canonical["test_accuracy"], original_weights=np.asarray(flatten_zoo(zoo_result["variables"])),
         canonical_weights=np.asarray(weights), generated_weights=samples["weights"],
-        generated_accuracy=generated_accuracy, flow=flow, timings=stages.timings,
+        generated_accuracy=generated_accuracy, flow=flow, weight_space=weight_space, timings=stages.timings,
     )
     report.write(workdir, result)
     return result

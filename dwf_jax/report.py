@@ -29,6 +29,7 @@ def build_report(
     generated_weights: np.ndarray,
     generated_accuracy: np.ndarray,
     flow: dict[str, Any],
+    weight_space: str,
     timings: dict[str, float],
 ) -> dict:
     """Everything a reader needs to compare the generated ensemble with its zoo."""
@@ -45,7 +46,7 @@ def build_report(
             "distance_to_reference_after": summary(np.linalg.norm(canonical_weights - canonical_weights[config.canonical.reference], axis=1)),
         },
         "flow": {
-            "weight_space": f"full weights (D={canonical_weights.shape[1]})",
+            "weight_space": weight_space,
             "num_params": int(flow["num_params"]),
             "iterations": config.flow.iterations,
             "final_loss_mean_last_100": float(np.mean(flow["losses"][-100:])),
