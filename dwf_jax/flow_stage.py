@@ -44,7 +44,7 @@ def train_flow_stage(config: ml_collections.ConfigDict, weights: jax.Array, work
         logging.info("flow: resuming from step %d", int(state.step))
     train_key = jax.random.fold_in(root, 1)
     bar = tqdm(total=f.iterations, initial=int(state.step), desc="flow", unit="step", disable=not progress)
-    start = time.perf_counter()
+    start, start_step = time.perf_counter(), int(state.step)
     while int(state.step) < f.iterations:
         step = int(state.step)
         num_steps = min(f.steps_per_dispatch, f.iterations - step, f.checkpoint_every - step % f.checkpoint_every)
@@ -58,7 +58,8 @@ def train_flow_stage(config: ml_collections.ConfigDict, weights: jax.Array, work
         bar.set_postfix(loss=f"{float(jnp.mean(chunk_losses)):.3e}")
     bar.close()
     manager.wait_until_finished()
-    logging.info("flow: %d steps, %.2f ms/step this run", f.iterations, 1e3 * (time.perf_counter() - start) / max(1, f.iterations))
+    steps_run = f.iterations - start_step
+    logging.info("flow: %d steps in this run, %.2f ms/step", steps_run, 1e3 * (time.perf_counter() - start) / max(1, steps_run))
     num_params = sum(leaf.size for leaf in jax.tree.leaves(state.params))
     return {"params": state.params, "losses": losses, "num_params": np.asarray(num_params)}
 
