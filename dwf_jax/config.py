@@ -8,7 +8,8 @@ error before any file is touched.
 import ml_collections
 from ml_collections import config_dict
 
-DATASETS = ("iris", "mnist", "fashion_mnist")
+DATASETS = ("iris", "mnist", "fashion_mnist", "cifar10")
+MODELS = ("mlp", "smallcnn", "resnet20", "resnet18")
 ZOO_OPTIMIZERS = ("adam", "adamw", "sgd")
 INIT_SCHEMES = ("kaiming", "xavier", "normal", "uniform")
 CANONICALIZATION = ("rebasin", "none")
@@ -26,6 +27,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.name = "iris"
     config.data.dir = config_dict.placeholder(str)  # else $DWF_DATA_DIR
     config.data.source = "auto"  # auto | offline | tfds
+    config.data.augment = True  # random crop + flip for image datasets that use it (CIFAR-10)
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "mlp"
@@ -39,6 +41,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.zoo.optimizer = "adam"
     config.zoo.learning_rate = 1e-3
     config.zoo.weight_decay = 0.0
+    config.zoo.schedule = "none"  # none | cosine
+    config.zoo.drop_last = False  # BatchNorm models drop the last partial batch
     config.zoo.models_per_chunk = 100
 
     config.canonical = ml_collections.ConfigDict()
@@ -48,7 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.pca = ml_collections.ConfigDict()
     config.pca.method = "none"  # none: the flow sees full weights; dual: it sees PCA coefficients
-    config.pca.components = 99
+    config.pca.components = -1  # -1: all N-1 directions of the zoo (exact for the zoo)
 
     config.flow = ml_collections.ConfigDict()
     config.flow.hidden = 256
@@ -70,9 +74,20 @@ def base_config() -> ml_collections.ConfigDict:
     config.sample.steps = 100
     config.sample.method = "rk4"
 
+    config.bn = ml_collections.ConfigDict()
+    config.bn.recalibrate = True  # only models with BatchNorm
+    config.bn.data = "train"  # train | test (the reference code's choice; leaks test data)
+    config.bn.num_batches = 20
+    config.bn.batch_size = 128
+
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 2000
     return config
+
+
+def pca_components(config: ml_collections.ConfigDict) -> int:
+    """Resolved number of PCA components (-1 means N-1)."""
+    return config.zoo.num_models - 1 if config.pca.components == -1 else config.pca.components
 
 
 def _check(condition: bool, message: str) -> None:
@@ -88,6 +103,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raise one ValueError naming the first bad key and the accepted values."""
     _check_choice(config.data.name, DATASETS, "data.name")
     _check_choice(config.data.source, ("auto", "offline", "tfds"), "data.source")
+    _check_choice(config.model.name, MODELS, "model.name")
     _check_choice(config.model.init_scheme, INIT_SCHEMES, "model.init_scheme")
     _check(len(config.model.features) >= 1 and min(config.model.features) >= 1, f"model.features={config.model.features} needs positive widths")
     zoo, flow, sample = config.zoo, config.flow, config.sample
@@ -96,13 +112,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check(zoo.batch_size >= 1, f"zoo.batch_size={zoo.batch_size} must be >= 1")
     _check(zoo.models_per_chunk >= 1, f"zoo.models_per_chunk={zoo.models_per_chunk} must be >= 1")
     _check_choice(zoo.optimizer, ZOO_OPTIMIZERS, "zoo.optimizer")
+    _check_choice(zoo.schedule, ("none", "cosine"), "zoo.schedule")
     _check(zoo.learning_rate > 0, f"zoo.learning_rate={zoo.learning_rate} must be > 0")
     _check_choice(config.canonical.method, CANONICALIZATION, "canonical.method")
     _check(0 <= config.canonical.reference < zoo.num_models, f"canonical.reference={config.canonical.reference} must index a zoo model (0..{zoo.num_models - 1})")
     _check(config.canonical.max_iter >= 1, f"canonical.max_iter={config.canonical.max_iter} must be >= 1")
     _check_choice(config.pca.method, PCA_METHODS, "pca.method")
     if config.pca.method != "none":
-        _check(1 <= config.pca.components <= zoo.num_models - 1, f"pca.components={config.pca.components} must be in [1, zoo.num_models - 1 = {zoo.num_models - 1}]")
+        _check(
+            config.pca.components == -1 or 1 <= config.pca.components <= zoo.num_models - 1,
+            f"pca.components={config.pca.components} must be -1 (all) or in [1, zoo.num_models - 1 = {zoo.num_models - 1}]",
+        )
     _check(flow.hidden >= 2 and flow.hidden % 2 == 0, f"flow.hidden={flow.hidden} must be even and >= 2 (the middle layer is hidden/2)")
     _check(flow.time_embed_dim >= 1, f"flow.time_embed_dim={flow.time_embed_dim} must be >= 1")
     _check(0.0 <= flow.dropout < 1.0, f"flow.dropout={flow.dropout} must be in [0, 1)")
@@ -115,3 +135,5 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check(sample.num_samples >= 1, f"sample.num_samples={sample.num_samples} must be >= 1")
     _check(sample.steps >= 1, f"sample.steps={sample.steps} must be >= 1")
     _check_choice(sample.method, ODE_METHODS, "sample.method")
+    _check_choice(config.bn.data, ("train", "test"), "bn.data")
+    _check(config.bn.num_batches >= 1 and config.bn.batch_size >= 1, "bn.num_batches and bn.batch_size must be >= 1")

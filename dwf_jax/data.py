@@ -2,6 +2,7 @@
 
 Iris ships inside scikit-learn. MNIST and Fashion-MNIST come from a directory of
 the standard IDX files (for machines without internet) or from
+tensorflow-datasets; CIFAR-10 from a tar.gz of JPEGs (see image_folder.py) or
 tensorflow-datasets. Loading never falls back to synthetic data: if no real
 copy is found, `DatasetNotFoundError` says where we looked and how to fix it.
 """
@@ -17,8 +18,13 @@ import zlib
 import numpy as np
 
 DATA_DIR_ENV = "DWF_DATA_DIR"
-DATASETS = ("iris", "mnist", "fashion_mnist")
+DATASETS = ("iris", "mnist", "fashion_mnist", "cifar10")
 SOURCES = ("auto", "offline", "tfds")
+# Kept uint8 (4x smaller on host and in transfer); augment.input_pipeline normalises them on device.
+UINT8_DATASETS = ("cifar10",)
+# The offline CIFAR-10 copy, relative to the data dir. It is re-encoded as JPEG (lossy),
+# so results on it are labelled "CIFAR-10 (JPEG copy)".
+CIFAR10_TAR = os.path.join("cifar10_jpeg", "cifar10_jpeg.tar.gz")
 
 # Standard file names of the MNIST-style IDX distribution, per split.
 IDX_FILES = {
@@ -42,7 +48,7 @@ class DatasetNotFoundError(FileNotFoundError):
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """A train/test split ready for training: float32 inputs, int32 labels."""
+    """A train/test split: float32 inputs (uint8 images for UINT8_DATASETS), int32 labels."""
 
     name: str
     x_train: np.ndarray  # images (N, H, W, C) or tabular (N, F)
@@ -81,9 +87,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 def load_dataset(name: str, data_dir: str | None = None, source: str = "auto") -> Dataset:
-    """Load `name` from scikit-learn (iris), an IDX directory, or tensorflow-datasets.
+    """Load `name` from scikit-learn (iris), an IDX directory, a JPEG tar, or tensorflow-datasets.
 
-    `data_dir` (else $DWF_DATA_DIR) holds `<name>/` with the four IDX files.
+    `data_dir` (else $DWF_DATA_DIR) holds `<name>/` with the four IDX files, or CIFAR10_TAR.
     source="auto" prefers local copies and falls back to tensorflow-datasets.
     """
     if name not in DATASETS:
@@ -100,7 +106,13 @@ def load_dataset(name: str, data_dir: str | None = None, source: str = "auto") -
 
     data_dir = data_dir or os.environ.get(DATA_DIR_ENV) or None
     if data_dir is None:
-        looked = [f"IDX directory: none given (no data_dir argument and ${DATA_DIR_ENV} is not set)"]
+        kind = "CIFAR-10 JPEG tar" if name == "cifar10" else "IDX directory"
+        looked = [f"{kind}: none given (no data_dir argument and ${DATA_DIR_ENV} is not set)"]
+    elif name == "cifar10":
+        tar_path = os.path.join(data_dir, CIFAR10_TAR)
+        if os.path.isfile(tar_path):
+            return _load_cifar10_tar(tar_path)
+        looked = [f"CIFAR-10 JPEG tar {tar_path}: no such file"]
     else:
         directory = os.path.join(data_dir, name)
         missing = [stem for stem in _idx_stems() if _idx_path(directory, stem) is None]
@@ -116,12 +128,16 @@ def load_dataset(name: str, data_dir: str | None = None, source: str = "auto") -
 
 
 def _not_found_message(name: str, looked: list[str]) -> str:
-    files = ", ".join(f"DIR/{name}/{stem}.gz" for stem in _idx_stems())
+    if name == "cifar10":
+        files = f"the JPEG copy at DIR/{CIFAR10_TAR} (a tar.gz of cifar10_jpeg/{{train,test}}/<class>/*.jpg)"
+    else:
+        idx = ", ".join(f"DIR/{name}/{stem}.gz" for stem in _idx_stems())
+        files = f"the IDX files ({idx}; uncompressed also accepted)"
     return (
         f"dataset {name!r} not found. Looked in:\n"
         + "".join(f"  - {place}\n" for place in looked)
         + "To fix, either:\n"
-        f"  - put the IDX files ({files}; uncompressed also accepted) under DIR and pass "
+        f"  - put {files} and pass "
         f"--config.data.dir=DIR or `export {DATA_DIR_ENV}=DIR` (source 'auto' or 'offline'), or\n"
         "  - `pip install .[tfds]` on a machine with internet so tensorflow-datasets can download it."
     )
@@ -154,6 +170,22 @@ def _load_idx_dir(name: str, directory: str) -> Dataset:
             )
         splits[split] = _scale_images(images[..., None]), labels.astype(np.int32)
     return Dataset(name, *splits["train"], *splits["test"], num_classes=10, source=f"IDX files in {directory}")
+
+
+def _load_cifar10_tar(tar_path: str) -> Dataset:
+    from dwf_jax.image_folder import CIFAR10_CLASSES, load_image_folder_tar  # Pillow only when needed
+
+    splits = load_image_folder_tar(tar_path)
+    for images, _ in splits.values():
+        if images.shape[1:] != (32, 32, 3):
+            raise ValueError(f"{tar_path}: expected 32x32 RGB CIFAR-10 images, got shape {images.shape[1:]}")
+    return Dataset(
+        "cifar10",
+        *splits["train"],
+        *splits["test"],
+        num_classes=len(CIFAR10_CLASSES),
+        source=f"CIFAR-10 (JPEG copy) from {tar_path}",
+    )
 
 
 def _scale_images(images: np.ndarray) -> np.ndarray:
@@ -202,11 +234,12 @@ def _load_tfds(name: str) -> Dataset:
     # tfds and TensorFlow raise many error types (network, checksum, missing builder).
     except Exception as e:  # noqa: BLE001
         raise DatasetNotFoundError(f"tensorflow-datasets: could not load {name!r} ({type(e).__name__}: {e})") from e
+    scale = np.asarray if name in UINT8_DATASETS else _scale_images
     return Dataset(
         name,
-        _scale_images(x_train),
+        scale(x_train),
         y_train.astype(np.int32),
-        _scale_images(x_test),
+        scale(x_test),
         y_test.astype(np.int32),
         num_classes=10,
         source="tensorflow-datasets",

@@ -1,6 +1,6 @@
 """Accuracy of whole ensembles (one vmapped apply) and their novelty in weight space."""
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -10,12 +10,20 @@ import numpy as np
 PyTree = Any
 
 
-def ensemble_accuracy(model: nn.Module, stacked_variables: PyTree, x: np.ndarray, y: np.ndarray, batch_size: int = 2000) -> np.ndarray:
-    """Test accuracy (percent) of every model in a stacked zoo; the test set is streamed in batches."""
+def ensemble_accuracy(
+    model: nn.Module,
+    stacked_variables: PyTree,
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int = 2000,
+    transform: Callable[[jax.Array], jax.Array] = lambda images: images,
+) -> np.ndarray:
+    """Test accuracy (percent) of every model in a stacked zoo (eval mode); the test set is streamed in batches."""
 
     @jax.jit
     def correct_in_batch(variables, xb, yb):
-        logits = jax.vmap(model.apply, in_axes=(0, None))(variables, xb)
+        inputs = transform(xb)
+        logits = jax.vmap(lambda v: model.apply(v, inputs, train=False))(variables)
         return jnp.sum(jnp.argmax(logits, axis=-1) == yb[None, :], axis=1)
 
     correct = sum(

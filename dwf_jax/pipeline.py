@@ -10,14 +10,17 @@ import time
 from functools import partial
 from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
-from dwf_jax import checkpoints, pca, permutations, report, zoo
-from dwf_jax.config import validate_config
+from dwf_jax import bn_recalibration, checkpoints, pca, permutations, report, zoo
+from dwf_jax.augment import input_pipeline
+from dwf_jax.bn_recalibration import calibration_batches
+from dwf_jax.config import pca_components, validate_config
 from dwf_jax.data import Dataset, load_dataset
 from dwf_jax.evaluate import ensemble_accuracy
 from dwf_jax.flatten import flatten_zoo, unflattener, unstack
@@ -26,6 +29,7 @@ from dwf_jax.models import build_model, permutation_spec
 from dwf_jax.workdir import claim
 
 PyTree = Any
+Evaluator = Callable[[PyTree], np.ndarray]
 
 
 class Stages:
@@ -50,10 +54,14 @@ class Stages:
         return result
 
 
-def train_zoo_stage(config: ml_collections.ConfigDict, dataset: Dataset, workdir: pathlib.Path, progress: bool) -> PyTree:
+def train_zoo_stage(
+    config: ml_collections.ConfigDict, dataset: Dataset, evaluate: Evaluator, workdir: pathlib.Path, progress: bool
+) -> PyTree:
     """All models, chunk by chunk (each chunk saved, so an interrupted zoo resumes), then their test accuracy."""
     model = build_model(config.model)
-    tx = zoo.make_optimizer(config.zoo.optimizer, config.zoo.learning_rate, config.zoo.weight_decay)
+    z = config.zoo
+    steps_per_epoch = len(dataset.x_train) // z.batch_size if z.drop_last else -(-len(dataset.x_train) // z.batch_size)
+    tx = zoo.make_optimizer(z.optimizer, z.learning_rate, z.weight_decay, z.schedule, z.epochs * steps_per_epoch)
     chunk_dir = workdir / "zoo_chunks"
     trained = []
     for number, indices in enumerate(zoo.chunks(config.zoo.num_models, config.zoo.models_per_chunk)):
@@ -61,16 +69,16 @@ def train_zoo_stage(config: ml_collections.ConfigDict, dataset: Dataset, workdir
         if not path.exists():
             variables, _ = zoo.train_models(
                 model, tx, dataset.x_train, dataset.y_train, seed=config.seed, model_indices=indices,
-                epochs=config.zoo.epochs, batch_size=config.zoo.batch_size, progress=progress,
+                epochs=z.epochs, batch_size=z.batch_size, inputs=input_pipeline(dataset.name, config.data.augment),
+                drop_last=z.drop_last, progress=progress,
             )
             checkpoints.save_tree(path, variables)
         trained.append(checkpoints.restore_tree(path))
     variables = jax.tree.map(lambda *leaves: np.concatenate(leaves), *trained)
-    accuracy = ensemble_accuracy(model, variables, dataset.x_test, dataset.y_test, config.eval.batch_size)
-    return {"variables": variables, "test_accuracy": accuracy}
+    return {"variables": variables, "test_accuracy": evaluate(variables)}
 
 
-def canonicalize_stage(config: ml_collections.ConfigDict, variables: PyTree, dataset: Dataset) -> PyTree:
+def canonicalize_stage(config: ml_collections.ConfigDict, variables: PyTree, evaluate: Evaluator) -> PyTree:
     """Git Re-Basin weight matching of every model to the reference model."""
     num_models = config.zoo.num_models
     reference = unstack(variables, config.canonical.reference)
@@ -85,9 +93,16 @@ def canonicalize_stage(config: ml_collections.ConfigDict, variables: PyTree, dat
             params = permutations.apply_permutation(spec, match.perms, params)
         aligned.append(params)
     canonical = jax.tree.map(lambda *leaves: np.stack(leaves), *aligned)
-    model = build_model(config.model)
-    accuracy = ensemble_accuracy(model, canonical, dataset.x_test, dataset.y_test, config.eval.batch_size)
-    return {"variables": canonical, "test_accuracy": accuracy}
+    return {"variables": canonical, "test_accuracy": evaluate(canonical)}
+
+
+def recalibrate_stage(config: ml_collections.ConfigDict, model: nn.Module, generated: PyTree, dataset: Dataset) -> PyTree:
+    """Generated nets with BatchNorm statistics re-estimated on training data (test data only if asked: it leaks)."""
+    images = dataset.x_train if config.bn.data == "train" else dataset.x_test
+    key = jax.random.fold_in(jax.random.key(config.seed), 4)
+    batches = calibration_batches(key, images, config.bn.num_batches, config.bn.batch_size)
+    inputs = input_pipeline(dataset.name, config.data.augment)
+    return {"batch_stats": bn_recalibration.recalibrate(model, generated, inputs.eval(jnp.asarray(batches)))["batch_stats"]}
 
 
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, progress: bool = True) -> dict:
@@ -97,26 +112,33 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, progress: bool
     claim(workdir, config)
     stages = Stages(workdir)
     logging.info("data %s: %d train / %d test from %s", dataset.name, len(dataset.x_train), len(dataset.x_test), dataset.source)
+    model = build_model(config.model)
+    evaluate = partial(
+        ensemble_accuracy, model, x=dataset.x_test, y=dataset.y_test, batch_size=config.eval.batch_size,
+        transform=input_pipeline(dataset.name, config.data.augment).eval,
+    )
 
-    zoo_result = stages.run("zoo", lambda: train_zoo_stage(config, dataset, workdir, progress))
+    zoo_result = stages.run("zoo", lambda: train_zoo_stage(config, dataset, evaluate, workdir, progress))
     shutil.rmtree(workdir / "zoo_chunks", ignore_errors=True)
-    canonical = stages.run("canonical", lambda: canonicalize_stage(config, zoo_result["variables"], dataset))
+    canonical = stages.run("canonical", lambda: canonicalize_stage(config, zoo_result["variables"], evaluate))
 
     weights = jnp.asarray(flatten_zoo(canonical["variables"]))
     flow_data, to_weights, weight_space = weights, lambda x: x, f"full weights (D={weights.shape[1]})"
     if config.pca.method == "dual":
-        fitted = stages.run("pca", lambda: pca.fit_dual(weights, config.pca.components)._asdict())
+        fitted = stages.run("pca", lambda: pca.fit_dual(weights, pca_components(config))._asdict())
         pca_state = pca.PCAState(**{name: jnp.asarray(value) for name, value in fitted.items()})
         flow_data, to_weights = pca.transform(pca_state, weights), partial(pca.inverse_transform, pca_state)
-        weight_space = f"dual PCA, {config.pca.components} components of D={weights.shape[1]}"
+        weight_space = f"dual PCA, {pca_components(config)} components of D={weights.shape[1]}"
     flow = stages.run("flow", lambda: train_flow_stage(config, flow_data, workdir, progress))
     samples = stages.run(
         "samples", lambda: {"weights": np.asarray(to_weights(sample_stage(config, flow["params"], flow_data.shape[1], progress)))}
     )
 
-    model = build_model(config.model)
-    unflatten = unflattener(unstack(canonical["variables"], 0))
-    generated_accuracy = ensemble_accuracy(model, unflatten(samples["weights"]), dataset.x_test, dataset.y_test, config.eval.batch_size)
+    generated = unflattener(unstack(canonical["variables"], 0))(samples["weights"])
+    generated_accuracy = {"as_generated": evaluate(generated)}
+    if "batch_stats" in generated and config.bn.recalibrate:
+        statistics = stages.run("bn_stats", lambda: recalibrate_stage(config, model, generated, dataset))
+        generated_accuracy["bn_recalibrated"] = evaluate({**generated, **statistics})
     result = report.build_report(
         config=config, dataset=dataset, original_accuracy=zoo_result["test_accuracy"],
         canonical_accuracy=canonical["test_accuracy"], original_weights=np.asarray(flatten_zoo(zoo_result["variables"])),

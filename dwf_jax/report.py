@@ -27,13 +27,18 @@ def build_report(
     original_weights: np.ndarray,
     canonical_weights: np.ndarray,
     generated_weights: np.ndarray,
-    generated_accuracy: np.ndarray,
+    generated_accuracy: dict[str, np.ndarray],
     flow: dict[str, Any],
     weight_space: str,
     timings: dict[str, float],
 ) -> dict:
-    """Everything a reader needs to compare the generated ensemble with its zoo."""
+    """Everything a reader needs to compare the generated ensemble with its zoo.
+
+    `generated_accuracy` has "as_generated" and, for BatchNorm models,
+    "bn_recalibrated"; the headline accuracy is the last one computed.
+    """
     finite = np.all(np.isfinite(generated_weights), axis=1)
+    final_accuracy = generated_accuracy.get("bn_recalibrated", generated_accuracy["as_generated"])
     reference = original_weights[config.canonical.reference]
     return {
         "dataset": {"name": dataset.name, "source": dataset.source, "train": len(dataset.x_train), "test": len(dataset.x_test)},
@@ -52,16 +57,27 @@ def build_report(
             "final_loss_mean_last_100": float(np.mean(flow["losses"][-100:])),
         },
         "generated": {
-            "num_samples": len(generated_accuracy),
+            "num_samples": len(final_accuracy),
             "num_nonfinite": int(np.sum(~finite)),
-            "accuracy": summary(generated_accuracy),
-            "per_model": np.round(generated_accuracy, 4).tolist(),
+            "accuracy": summary(final_accuracy),
+            "per_model": np.round(final_accuracy, 4).tolist(),
+            **bn_section(config, generated_accuracy),
             "ode_method": config.sample.method,
             "ode_steps": config.sample.steps,
             "nfe": flow_nfe(config),
             "novelty": novelty(generated_weights[finite], canonical_weights) if finite.any() else {},
         },
         "timings": {name: round(seconds, 3) for name, seconds in timings.items()},
+    }
+
+
+def bn_section(config: ml_collections.ConfigDict, generated_accuracy: dict[str, np.ndarray]) -> dict:
+    """Table 7's comparison: accuracy before and after BatchNorm recalibration."""
+    if "bn_recalibrated" not in generated_accuracy:
+        return {}
+    return {
+        "accuracy_before_bn_recalibration": summary(generated_accuracy["as_generated"]),
+        "bn_recalibration": {"data": config.bn.data, "num_batches": config.bn.num_batches, "batch_size": config.bn.batch_size},
     }
 
 
@@ -72,10 +88,16 @@ def flow_nfe(config: ml_collections.ConfigDict) -> int:
 def format_summary(result: dict) -> str:
     original, generated = result["original"]["accuracy"], result["generated"]["accuracy"]
     novelty_stats = result["generated"]["novelty"]
+    before = result["generated"].get("accuracy_before_bn_recalibration")
     lines = [
         f"{result['dataset']['name']} / {result['model']['name']} {result['model']['features']} ({result['model']['num_params']} params), data: {result['dataset']['source']}",
         f"  original  ({result['original']['num_models']:>4} models): {original['mean']:.2f} ± {original['std']:.2f} %  [min {original['min']:.2f}, max {original['max']:.2f}]",
         f"  generated ({result['generated']['num_samples']:>4} models): {generated['mean']:.2f} ± {generated['std']:.2f} %  [min {generated['min']:.2f}, max {generated['max']:.2f}]",
+        *(
+            [f"  generated before BN recalibration: {before['mean']:.2f} ± {before['std']:.2f} % (recalibrated on {result['generated']['bn_recalibration']['data']} data)"]
+            if before
+            else []
+        ),
         f"  sampler: {result['generated']['ode_method']} x {result['generated']['ode_steps']} steps = {result['generated']['nfe']} flow evaluations; {result['flow']['weight_space']}",
     ]
     if novelty_stats:

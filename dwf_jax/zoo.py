@@ -14,12 +14,20 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from dwf_jax.augment import InputPipeline
+
 PyTree = Any
 EpochFn = Callable[..., tuple[PyTree, PyTree, jax.Array]]
 
 
-def make_optimizer(name: str, learning_rate: float, weight_decay: float) -> optax.GradientTransformation:
-    """The zoo optimizers of Table 12 (no schedule for the MLP zoos)."""
+def make_optimizer(
+    name: str, learning_rate: float, weight_decay: float, schedule: str = "none", total_steps: int = 1
+) -> optax.GradientTransformation:
+    """The zoo optimizers of Table 12: constant rate, or cosine annealing over all steps (ResNet-18)."""
+    if schedule == "cosine":
+        learning_rate = optax.cosine_decay_schedule(learning_rate, decay_steps=total_steps)
+    elif schedule != "none":
+        raise ValueError(f"unknown zoo schedule {schedule!r}; choose none or cosine")
     if name == "adam":
         return optax.adam(learning_rate)
     if name == "adamw":
@@ -37,31 +45,45 @@ def model_keys(seed: int, model_indices: np.ndarray) -> tuple[jax.Array, jax.Arr
     return keys[:, 0], keys[:, 1]
 
 
-def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation, batch_size: int, num_examples: int) -> EpochFn:
-    """One epoch of one model: shuffled minibatches, the last one partial (like drop_last=False)."""
-    num_batches = math.ceil(num_examples / batch_size)
-    padding = num_batches * batch_size - num_examples
+def make_train_epoch(
+    model: nn.Module, tx: optax.GradientTransformation, batch_size: int, num_examples: int, inputs: InputPipeline, drop_last: bool
+) -> EpochFn:
+    """One epoch of one model over shuffled minibatches.
+
+    Without drop_last the last partial minibatch is padded and masked out of the
+    loss (PyTorch's drop_last=False); BatchNorm models drop it instead, since
+    padding would leak into the batch statistics.
+    """
+    num_batches = num_examples // batch_size if drop_last else math.ceil(num_examples / batch_size)
+    padding = max(0, num_batches * batch_size - num_examples)
     mask = (jnp.arange(num_batches * batch_size) < num_examples).reshape(num_batches, batch_size)
 
-    def train_epoch(params, opt_state, data_key, epoch, x, y):
-        order = jax.random.permutation(jax.random.fold_in(data_key, epoch), num_examples)
-        order = jnp.concatenate([order, jnp.zeros(padding, order.dtype)]).reshape(num_batches, batch_size)
+    def train_epoch(variables, opt_state, data_key, epoch, x, y):
+        order_key, steps_key = jax.random.split(jax.random.fold_in(data_key, epoch))
+        order = jax.random.permutation(order_key, num_examples)
+        order = jnp.concatenate([order, jnp.zeros(padding, order.dtype)])[: num_batches * batch_size].reshape(num_batches, batch_size)
 
         def step(carry, batch):
-            params, opt_state = carry
-            indices, weights = batch
+            variables, opt_state = carry
+            indices, weights, key = batch
+            augment_key, dropout_key = jax.random.split(key)
+            images = inputs.train(augment_key, x[indices])
 
-            def loss_fn(p):
-                logits = model.apply(p, x[indices])
+            def loss_fn(params):
+                logits, state = model.apply(
+                    {**variables, "params": params}, images, train=True, mutable=["batch_stats"], rngs={"dropout": dropout_key}
+                )
                 losses = optax.softmax_cross_entropy_with_integer_labels(logits, y[indices])
-                return jnp.sum(losses * weights) / jnp.sum(weights)
+                return jnp.sum(losses * weights) / jnp.sum(weights), state
 
-            loss, grads = jax.value_and_grad(loss_fn)(params)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), loss
+            (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
+            updates, opt_state = tx.update(grads, opt_state, variables["params"])
+            variables = {**variables, **state, "params": optax.apply_updates(variables["params"], updates)}
+            return (variables, opt_state), loss
 
-        (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), (order, mask))
-        return params, opt_state, jnp.mean(losses)
+        batches = (order, mask, jax.random.split(steps_key, num_batches))
+        (variables, opt_state), losses = jax.lax.scan(step, (variables, opt_state), batches)
+        return variables, opt_state, jnp.mean(losses)
 
     return train_epoch
 
@@ -76,24 +98,25 @@ def train_models(
     model_indices: np.ndarray,
     epochs: int,
     batch_size: int,
+    inputs: InputPipeline,
+    drop_last: bool = False,
     progress: bool = True,
 ) -> tuple[PyTree, np.ndarray]:
     """Train the given models together (vmapped); returns stacked variables and final epoch losses."""
     init_keys, data_keys = model_keys(seed, model_indices)
-    params = jax.jit(jax.vmap(lambda k: model.init(k, x_train[:1])))(init_keys)
-    opt_state = jax.jit(jax.vmap(tx.init))(params)
-    train_epoch = jax.jit(
-        jax.vmap(make_train_epoch(model, tx, batch_size, len(x_train)), in_axes=(0, 0, 0, None, None, None)),
-        donate_argnums=(0, 1),
-    )
+    sample = inputs.eval(jnp.asarray(x_train[:1]))
+    variables = jax.jit(jax.vmap(lambda k: model.init({"params": k, "dropout": k}, sample, train=False)))(init_keys)
+    opt_state = jax.jit(jax.vmap(lambda v: tx.init(v["params"])))(variables)
+    epoch_fn = make_train_epoch(model, tx, batch_size, len(x_train), inputs, drop_last)
+    train_epoch = jax.jit(jax.vmap(epoch_fn, in_axes=(0, 0, 0, None, None, None)), donate_argnums=(0, 1))
     x_train, y_train = jnp.asarray(x_train), jnp.asarray(y_train)
     losses = jnp.zeros(len(model_indices))
     bar = tqdm(range(epochs), desc=f"zoo models {model_indices[0]}-{model_indices[-1]}", disable=not progress, unit="epoch")
     for epoch in bar:
-        params, opt_state, losses = train_epoch(params, opt_state, data_keys, epoch, x_train, y_train)
+        variables, opt_state, losses = train_epoch(variables, opt_state, data_keys, epoch, x_train, y_train)
         if progress:
             bar.set_postfix(loss=f"{float(jnp.mean(losses)):.4f}")
-    return params, np.asarray(losses)
+    return variables, np.asarray(losses)
 
 
 def chunks(num_models: int, models_per_chunk: int) -> list[np.ndarray]:

@@ -1,7 +1,9 @@
 """Tests for dwf_jax.data; every IDX file used here is written by the test itself."""
 
 import gzip
+import io
 import struct
+import tarfile
 import sys
 import types
 
@@ -159,6 +161,57 @@ def test_tfds_source(monkeypatch):
 
 def test_unknown_name_or_source():
     with pytest.raises(ValueError, match="mnist"):
-        data.load_dataset("cifar10")
+        data.load_dataset("svhn")
     with pytest.raises(ValueError, match="offline"):
         data.load_dataset("iris", source="internet")
+
+
+def write_cifar10_tar(root, seed=0):
+    """A tiny CIFAR-10 JPEG copy at root/CIFAR10_TAR: two ships and a frog to train on, a dog to test."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    path = root / data.CIFAR10_TAR
+    path.parent.mkdir(parents=True)
+    with tarfile.open(path, "w:gz") as tar:
+        for name in ("train/ship/0000.jpg", "train/frog/0001.jpg", "train/ship/0002.jpg", "test/dog/0000.jpg"):
+            buffer = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, format="JPEG", quality=95)
+            info = tarfile.TarInfo(f"cifar10_jpeg/{name}")
+            info.size = buffer.tell()
+            tar.addfile(info, io.BytesIO(buffer.getvalue()))
+    return path
+
+
+def test_load_cifar10_from_jpeg_tar(tmp_path, monkeypatch):
+    monkeypatch.setenv("DWF_CACHE_DIR", str(tmp_path / "cache"))
+    path = write_cifar10_tar(tmp_path / "data")
+    for _ in range(2):  # decode, then from the cache
+        ds = data.load_dataset("cifar10", data_dir=str(tmp_path / "data"), source="offline")
+        assert ds.x_train.shape == (3, 32, 32, 3) and ds.x_test.shape == (1, 32, 32, 3)
+        assert ds.x_train.dtype == np.uint8 and ds.y_train.dtype == np.int32
+        assert ds.y_train.tolist() == [6, 8, 8] and ds.y_test.tolist() == [5]
+        assert ds.num_classes == 10
+        assert ds.source.startswith("CIFAR-10 (JPEG copy)") and str(path) in ds.source
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+
+
+def test_missing_cifar10_message(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
+    for source in ("offline", "auto"):
+        with pytest.raises(data.DatasetNotFoundError) as info:
+            data.load_dataset("cifar10", data_dir=str(tmp_path), source=source)
+        message = str(info.value)
+        assert str(tmp_path / "cifar10_jpeg" / "cifar10_jpeg.tar.gz") in message
+        assert "DWF_DATA_DIR" in message and "tensorflow-datasets" in message
+        assert "idx" not in message.lower()
+
+
+def test_cifar10_tfds_stays_uint8(monkeypatch):
+    def load(name, split, batch_size, as_supervised):
+        return [(np.full((n, 32, 32, 3), 255, np.uint8), np.arange(n, dtype=np.int64)) for n in (3, 2)]
+
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", types.SimpleNamespace(load=load, as_numpy=lambda x: x))
+    ds = data.load_dataset("cifar10", source="tfds")
+    assert ds.x_train.dtype == np.uint8 and ds.x_train.max() == 255 and ds.y_test.dtype == np.int32
+    assert ds.num_classes == 10 and ds.source == "tensorflow-datasets"

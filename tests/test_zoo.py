@@ -4,6 +4,7 @@ import jax
 import numpy as np
 
 from dwf_jax import zoo
+from dwf_jax.augment import input_pipeline
 from dwf_jax.data import load_dataset
 from dwf_jax.evaluate import ensemble_accuracy
 from dwf_jax.models import MLP
@@ -13,7 +14,7 @@ def _train(indices, epochs=3):
     data = load_dataset("iris")
     return zoo.train_models(
         MLP((16, 3)), zoo.make_optimizer("adam", 1e-2, 0.0), data.x_train, data.y_train,
-        seed=7, model_indices=np.asarray(indices), epochs=epochs, batch_size=16, progress=False,
+        seed=7, model_indices=np.asarray(indices), epochs=epochs, batch_size=16, inputs=input_pipeline("iris"), progress=False,
     )
 
 
@@ -38,3 +39,15 @@ def test_chunks_cover_every_model_once():
     parts = zoo.chunks(10, 4)
     assert [len(p) for p in parts] == [4, 4, 2]
     np.testing.assert_array_equal(np.concatenate(parts), np.arange(10))
+
+
+def test_cosine_schedule_anneals_the_step_size():
+    tx = zoo.make_optimizer("adam", 0.1, 0.0, schedule="cosine", total_steps=10)
+    params = {"w": np.ones(3, np.float32)}
+    state = tx.init(params)
+    sizes = []
+    for _ in range(10):
+        updates, state = tx.update({"w": np.ones(3, np.float32)}, state, params)
+        sizes.append(float(np.abs(updates["w"]).max()))
+    assert abs(sizes[0] - 0.1) < 1e-3 and sizes[-1] < 0.05 * sizes[0]
+    assert all(a >= b for a, b in zip(sizes, sizes[1:]))

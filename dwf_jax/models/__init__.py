@@ -1,6 +1,22 @@
 """Flax linen models whose variables are plain pytrees (vmappable over a zoo)."""
 
+from dwf_jax.models.cnn import SmallCNN
 from dwf_jax.models.mlp import MLP, INIT_SCHEMES
 from dwf_jax.models.registry import build_model, permutation_spec, MODEL_NAMES
+from dwf_jax.models.resnet import BasicBlock, ResNet, resnet18, resnet20
+from dwf_jax.models.specs import resnet_permutation_spec, smallcnn_permutation_spec
 
-__all__ = ["MLP", "INIT_SCHEMES", "build_model", "permutation_spec", "MODEL_NAMES"]
+__all__ = [
+    "MLP",
+    "INIT_SCHEMES",
+    "BasicBlock",
+    "ResNet",
+    "SmallCNN",
+    "build_model",
+    "permutation_spec",
+    "MODEL_NAMES",
+    "resnet18",
+    "resnet20",
+    "resnet_permutation_spec",
+    "smallcnn_permutation_spec",
+]

@@ -21,13 +21,16 @@ class MLP(nn.Module):
     """Dense layers `Dense_0..Dense_{L-1}` with ReLU between; input is flattened.
 
     `features` lists every layer's width, output last: Iris is (16, 3).
+    `train` is accepted (and ignored) so every model shares the BN/dropout
+    models' `apply(variables, x, train=...)` interface.
     """
 
     features: Sequence[int]
     init_scheme: str = "kaiming"
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        del train
         kernel_init = INIT_SCHEMES[self.init_scheme]
         x = x.reshape((x.shape[0], -1))
         for i, width in enumerate(self.features):

@@ -1,0 +1,16 @@
+"""ResNet-18 on CIFAR-10 (11.17M params, BatchNorm); the flow trains on N-1 PCA components (Table 4, h=1024)."""
+
+from dwf_jax.config import base_config
+
+
+def get_config():
+    config = base_config()
+    config.data.name = "cifar10"
+    config.model.name = "resnet18"
+    config.zoo.update(
+        epochs=100, batch_size=128, optimizer="sgd", learning_rate=0.1, weight_decay=5e-4, schedule="cosine", drop_last=True, models_per_chunk=2
+    )
+    config.pca.update(method="dual", components=-1)
+    config.flow.update(hidden=1024, time_embed_dim=128, dropout=0.1)
+    config.eval.batch_size = 250
+    return config
