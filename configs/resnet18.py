@@ -13,4 +13,5 @@ def get_config():
     config.pca.update(method="dual", components=-1)
     config.flow.update(hidden=1024, time_embed_dim=128, dropout=0.1)
     config.eval.batch_size = 250
+    config.models_per_vmap = 1  # grouped convs are slow on CPU; on a GPU try 0 (all)
     return config

@@ -16,4 +16,5 @@ def get_config():
     config.pca.update(method="dual", components=-1)
     config.flow.update(hidden=512, time_embed_dim=64, dropout=0.1)
     config.eval.batch_size = 500
+    config.models_per_vmap = 1  # grouped convs are slow on CPU; on a GPU try 0 (all)
     return config

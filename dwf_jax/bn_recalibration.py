@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dwf_jax.ensemble import map_models
+
 PyTree = Any
 
 
@@ -26,7 +28,7 @@ def calibration_batches(key: jax.Array, images: np.ndarray, num_batches: int, ba
     return images[order].reshape(num_batches, batch_size, *images.shape[1:])
 
 
-def recalibrate(model: nn.Module, stacked_variables: PyTree, batches: jax.Array) -> PyTree:
+def recalibrate(model: nn.Module, stacked_variables: PyTree, batches: jax.Array, models_per_vmap: int = 0) -> PyTree:
     """Stacked variables whose batch_stats are the mean batch statistics over `batches` (K, B, ...).
 
     `model` must expose `bn_momentum`; it is set to 0 so that one forward pass in
@@ -45,4 +47,4 @@ def recalibrate(model: nn.Module, stacked_variables: PyTree, batches: jax.Array)
         total, _ = jax.lax.scan(add_batch, zeros, batches)
         return {**variables, "batch_stats": jax.tree.map(lambda t: t / batches.shape[0], total)}
 
-    return jax.jit(jax.vmap(one_model))(stacked_variables)
+    return jax.jit(lambda stacked: map_models(one_model, stacked, models_per_vmap))(stacked_variables)

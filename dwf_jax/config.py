@@ -22,6 +22,8 @@ def base_config() -> ml_collections.ConfigDict:
     """Paper settings shared by every model (Table 14); per-model configs override the rest."""
     config = ml_collections.ConfigDict()
     config.seed = 0
+    # Models vmapped together inside each jitted program (0 = all); lax.map walks the rest.
+    config.models_per_vmap = 0
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "iris"
@@ -107,6 +109,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_choice(config.model.init_scheme, INIT_SCHEMES, "model.init_scheme")
     _check(len(config.model.features) >= 1 and min(config.model.features) >= 1, f"model.features={config.model.features} needs positive widths")
     zoo, flow, sample = config.zoo, config.flow, config.sample
+    _check(config.models_per_vmap >= 0, f"models_per_vmap={config.models_per_vmap} must be >= 0 (0 = all)")
     _check(zoo.num_models >= 2, f"zoo.num_models={zoo.num_models}: a zoo needs at least 2 models")
     _check(zoo.epochs >= 1, f"zoo.epochs={zoo.epochs} must be >= 1")
     _check(zoo.batch_size >= 1, f"zoo.batch_size={zoo.batch_size} must be >= 1")

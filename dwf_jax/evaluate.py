@@ -1,4 +1,4 @@
-"""Accuracy of whole ensembles (one vmapped apply) and their novelty in weight space."""
+"""Accuracy of whole ensembles (one jitted apply over the model axis) and their novelty in weight space."""
 
 from typing import Any, Callable
 
@@ -6,6 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from dwf_jax.ensemble import map_models
 
 PyTree = Any
 
@@ -17,13 +19,14 @@ def ensemble_accuracy(
     y: np.ndarray,
     batch_size: int = 2000,
     transform: Callable[[jax.Array], jax.Array] = lambda images: images,
+    models_per_vmap: int = 0,
 ) -> np.ndarray:
     """Test accuracy (percent) of every model in a stacked zoo (eval mode); the test set is streamed in batches."""
 
     @jax.jit
     def correct_in_batch(variables, xb, yb):
         inputs = transform(xb)
-        logits = jax.vmap(lambda v: model.apply(v, inputs, train=False))(variables)
+        logits = map_models(lambda v: model.apply(v, inputs, train=False), variables, models_per_vmap)
         return jnp.sum(jnp.argmax(logits, axis=-1) == yb[None, :], axis=1)
 
     correct = sum(

@@ -70,7 +70,7 @@ def train_zoo_stage(
             variables, _ = zoo.train_models(
                 model, tx, dataset.x_train, dataset.y_train, seed=config.seed, model_indices=indices,
                 epochs=z.epochs, batch_size=z.batch_size, inputs=input_pipeline(dataset.name, config.data.augment),
-                drop_last=z.drop_last, progress=progress,
+                drop_last=z.drop_last, models_per_vmap=config.models_per_vmap, progress=progress,
             )
             checkpoints.save_tree(path, variables)
         trained.append(checkpoints.restore_tree(path))
@@ -102,7 +102,7 @@ def recalibrate_stage(config: ml_collections.ConfigDict, model: nn.Module, gener
     key = jax.random.fold_in(jax.random.key(config.seed), 4)
     batches = calibration_batches(key, images, config.bn.num_batches, config.bn.batch_size)
     inputs = input_pipeline(dataset.name, config.data.augment)
-    return {"batch_stats": bn_recalibration.recalibrate(model, generated, inputs.eval(jnp.asarray(batches)))["batch_stats"]}
+    return {"batch_stats": bn_recalibration.recalibrate(model, generated, inputs.eval(jnp.asarray(batches)), config.models_per_vmap)["batch_stats"]}
 
 
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, progress: bool = True) -> dict:
@@ -115,7 +115,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, progress: bool
     model = build_model(config.model)
     evaluate = partial(
         ensemble_accuracy, model, x=dataset.x_test, y=dataset.y_test, batch_size=config.eval.batch_size,
-        transform=input_pipeline(dataset.name, config.data.augment).eval,
+        transform=input_pipeline(dataset.name, config.data.augment).eval, models_per_vmap=config.models_per_vmap,
     )
 
     zoo_result = stages.run("zoo", lambda: train_zoo_stage(config, dataset, evaluate, workdir, progress))

@@ -1,4 +1,4 @@
-"""Train a zoo of N models from N seeds as one vmapped, jitted program.
+"""Train a zoo of N models from N seeds as one jitted program over the model axis (vmap).
 
 Model i's init and data order depend only on (seed, i), so a zoo trained in
 chunks, or model by model, gives the same weights as one trained all at once.
@@ -15,6 +15,7 @@ import optax
 from tqdm.auto import tqdm
 
 from dwf_jax.augment import InputPipeline
+from dwf_jax.ensemble import map_models
 
 PyTree = Any
 EpochFn = Callable[..., tuple[PyTree, PyTree, jax.Array]]
@@ -100,6 +101,7 @@ def train_models(
     batch_size: int,
     inputs: InputPipeline,
     drop_last: bool = False,
+    models_per_vmap: int = 0,
     progress: bool = True,
 ) -> tuple[PyTree, np.ndarray]:
     """Train the given models together (vmapped); returns stacked variables and final epoch losses."""
@@ -108,7 +110,12 @@ def train_models(
     variables = jax.jit(jax.vmap(lambda k: model.init({"params": k, "dropout": k}, sample, train=False)))(init_keys)
     opt_state = jax.jit(jax.vmap(lambda v: tx.init(v["params"])))(variables)
     epoch_fn = make_train_epoch(model, tx, batch_size, len(x_train), inputs, drop_last)
-    train_epoch = jax.jit(jax.vmap(epoch_fn, in_axes=(0, 0, 0, None, None, None)), donate_argnums=(0, 1))
+
+    def train_epoch(variables, opt_state, data_keys, epoch, x, y):
+        per_model = lambda state: epoch_fn(*state, epoch, x, y)  # noqa: E731
+        return map_models(per_model, (variables, opt_state, data_keys), models_per_vmap)
+
+    train_epoch = jax.jit(train_epoch, donate_argnums=(0, 1))
     x_train, y_train = jnp.asarray(x_train), jnp.asarray(y_train)
     losses = jnp.zeros(len(model_indices))
     bar = tqdm(range(epochs), desc=f"zoo models {model_indices[0]}-{model_indices[-1]}", disable=not progress, unit="epoch")

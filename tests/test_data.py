@@ -1,14 +1,13 @@
 """Tests for dwf_jax.data; every IDX file used here is written by the test itself."""
 
 import gzip
-import io
 import struct
-import tarfile
 import sys
 import types
 
 import numpy as np
 import pytest
+from tarfiles import write_image_folder_tar
 
 from dwf_jax import data
 
@@ -166,20 +165,11 @@ def test_unknown_name_or_source():
         data.load_dataset("iris", source="internet")
 
 
-def write_cifar10_tar(root, seed=0):
+def write_cifar10_tar(root):
     """A tiny CIFAR-10 JPEG copy at root/CIFAR10_TAR: two ships and a frog to train on, a dog to test."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
     path = root / data.CIFAR10_TAR
     path.parent.mkdir(parents=True)
-    with tarfile.open(path, "w:gz") as tar:
-        for name in ("train/ship/0000.jpg", "train/frog/0001.jpg", "train/ship/0002.jpg", "test/dog/0000.jpg"):
-            buffer = io.BytesIO()
-            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, format="JPEG", quality=95)
-            info = tarfile.TarInfo(f"cifar10_jpeg/{name}")
-            info.size = buffer.tell()
-            tar.addfile(info, io.BytesIO(buffer.getvalue()))
+    write_image_folder_tar(path, {"train": {"ship": 2, "frog": 1}, "test": {"dog": 1}})
     return path
 
 

@@ -1,42 +1,12 @@
 """Tests for dwf_jax.image_folder on tiny tar.gz archives written by the tests themselves."""
 
-import io
 import os
-import tarfile
 
 import numpy as np
 import pytest
-from PIL import Image
+from tarfiles import LAYOUT, write_image_folder_tar
 
 from dwf_jax import image_folder
-
-# Folder order deliberately not CIFAR-10's, so labels must come from the class list.
-LAYOUT = {"train": {"truck": 3, "cat": 3}, "test": {"cat": 1, "airplane": 1}}
-
-
-def jpeg_bytes(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
-
-
-def write_image_folder_tar(path, layout=LAYOUT, seed=0, corrupt=None):
-    """Write `<root>/<split>/<class>/<NNNN>.jpg` members; returns {member name: source pixels}."""
-    rng = np.random.default_rng(seed)
-    sources = {}
-    with tarfile.open(path, "w:gz") as tar:
-        for split, classes in layout.items():
-            for class_name, count in classes.items():
-                for i in reversed(range(count)):  # archive order differs from the sorted order too
-                    name = f"cifar10_jpeg/{split}/{class_name}/{i:04d}.jpg"
-                    # Smooth images survive JPEG well; noise would not.
-                    image = np.kron(rng.integers(0, 256, (2, 2, 3)), np.ones((16, 16, 1))).astype(np.uint8)
-                    payload = b"not a jpeg at all" if name == corrupt else jpeg_bytes(image)
-                    info = tarfile.TarInfo(name)
-                    info.size = len(payload)
-                    tar.addfile(info, io.BytesIO(payload))
-                    sources[name] = image
-    return sources
 
 
 def test_read_shapes_labels_pixels(tmp_path):

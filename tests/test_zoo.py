@@ -51,3 +51,12 @@ def test_cosine_schedule_anneals_the_step_size():
         sizes.append(float(np.abs(updates["w"]).max()))
     assert abs(sizes[0] - 0.1) < 1e-3 and sizes[-1] < 0.05 * sizes[0]
     assert all(a >= b for a, b in zip(sizes, sizes[1:]))
+
+
+def test_lax_map_over_models_matches_vmap():
+    data = load_dataset("iris")
+    common = dict(seed=3, model_indices=np.arange(4), epochs=2, batch_size=16, inputs=input_pipeline("iris"), progress=False)
+    tx = zoo.make_optimizer("adam", 1e-2, 0.0)
+    vmapped, _ = zoo.train_models(MLP((16, 3)), tx, data.x_train, data.y_train, models_per_vmap=0, **common)
+    mapped, _ = zoo.train_models(MLP((16, 3)), tx, data.x_train, data.y_train, models_per_vmap=3, **common)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=0), vmapped, mapped)
