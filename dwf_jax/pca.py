@@ -40,3 +40,10 @@ def transform(state: PCAState, weights: jax.Array) -> jax.Array:
 @jax.jit
 def inverse_transform(state: PCAState, coefficients: jax.Array) -> jax.Array:
     return coefficients @ state.components + state.mean
+
+
+def fit(method: str, weights: jax.Array, num_components: int) -> PCAState:
+    """The PCA named by `config.pca.method` on an in-memory (N, D) zoo."""
+    if method == "dual":
+        return fit_dual(weights, num_components)
+    raise ValueError(f"unknown PCA method {method!r}")

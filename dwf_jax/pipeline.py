@@ -124,11 +124,11 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, progress: bool
 
     weights = jnp.asarray(flatten_zoo(canonical["variables"]))
     flow_data, to_weights, weight_space = weights, lambda x: x, f"full weights (D={weights.shape[1]})"
-    if config.pca.method == "dual":
-        fitted = stages.run("pca", lambda: pca.fit_dual(weights, pca_components(config))._asdict())
+    if config.pca.method != "none":
+        fitted = stages.run("pca", lambda: pca.fit(config.pca.method, weights, pca_components(config))._asdict())
         pca_state = pca.PCAState(**{name: jnp.asarray(value) for name, value in fitted.items()})
         flow_data, to_weights = pca.transform(pca_state, weights), partial(pca.inverse_transform, pca_state)
-        weight_space = f"dual PCA, {pca_components(config)} components of D={weights.shape[1]}"
+        weight_space = f"{config.pca.method} PCA, {pca_components(config)} components of D={weights.shape[1]}"
     flow = stages.run("flow", lambda: train_flow_stage(config, flow_data, workdir, progress))
     samples = stages.run(
         "samples", lambda: {"weights": np.asarray(to_weights(sample_stage(config, flow["params"], flow_data.shape[1], progress)))}
