@@ -7,6 +7,6 @@ def get_config():
     config = base_config()
     config.data.name = "iris"
     config.model.features = (16, 3)
-    config.zoo.update(epochs=100, batch_size=16, optimizer="adam", learning_rate=1e-3, weight_decay=0.0)
+    config.zoo.update(epochs=100, batch_size=16, optimizer="adam", learning_rate=1e-3, weight_decay=0.0, checkpoint_every=25)
     config.flow.update(hidden=256, time_embed_dim=4, dropout=0.4)
     return config

@@ -46,6 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.zoo.schedule = "none"  # none | cosine
     config.zoo.drop_last = False  # BatchNorm models drop the last partial batch
     config.zoo.models_per_chunk = 100
+    config.zoo.checkpoint_every = 1  # epochs
 
     config.canonical = ml_collections.ConfigDict()
     config.canonical.method = "rebasin"
@@ -113,6 +114,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check(zoo.num_models >= 2, f"zoo.num_models={zoo.num_models}: a zoo needs at least 2 models")
     _check(zoo.epochs >= 1, f"zoo.epochs={zoo.epochs} must be >= 1")
     _check(zoo.batch_size >= 1, f"zoo.batch_size={zoo.batch_size} must be >= 1")
+    _check(zoo.checkpoint_every >= 1, f"zoo.checkpoint_every={zoo.checkpoint_every} must be >= 1")
     _check(zoo.models_per_chunk >= 1, f"zoo.models_per_chunk={zoo.models_per_chunk} must be >= 1")
     _check_choice(zoo.optimizer, ZOO_OPTIMIZERS, "zoo.optimizer")
     _check_choice(zoo.schedule, ("none", "cosine"), "zoo.schedule")

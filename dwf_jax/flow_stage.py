@@ -12,10 +12,9 @@ import orbax.checkpoint as ocp
 from absl import logging
 from tqdm.auto import tqdm
 
-from dwf_jax import flow
+from dwf_jax import checkpoints, flow
 
 PyTree = Any
-_KEEP_CHECKPOINTS = 2
 
 
 def build_flow(config: ml_collections.ConfigDict, dim: int) -> flow.VelocityField:
@@ -34,9 +33,7 @@ def train_flow_stage(config: ml_collections.ConfigDict, weights: jax.Array, work
         model, tx, batch_size=f.batch_size, source_std=f.source_std, sigma=f.sigma,
         time_distribution=f.time_distribution, beta=tuple(f.beta),
     )
-    manager = ocp.CheckpointManager(
-        (workdir / "flow_checkpoints").absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=_KEEP_CHECKPOINTS)
-    )
+    manager = checkpoints.manager(workdir / "flow_checkpoints")
     losses = np.zeros(f.iterations, np.float32)
     if manager.latest_step() is not None:
         saved = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore({"state": state, "losses": losses}))

@@ -22,11 +22,12 @@ from dwf_jax.augment import input_pipeline
 from dwf_jax.bn_recalibration import calibration_batches
 from dwf_jax.config import pca_components, validate_config
 from dwf_jax.data import Dataset, load_dataset
+from dwf_jax.ensemble import check_finite
 from dwf_jax.evaluate import ensemble_accuracy
 from dwf_jax.flatten import flatten_zoo, unflattener, unstack
 from dwf_jax.flow_stage import sample_stage, train_flow_stage
 from dwf_jax.models import build_model, permutation_spec
-from dwf_jax.workdir import claim
+from dwf_jax.workdir import check_config, locked, record_config
 
 PyTree = Any
 Evaluator = Callable[[PyTree], np.ndarray]
@@ -57,24 +58,26 @@ class Stages:
 def train_zoo_stage(
     config: ml_collections.ConfigDict, dataset: Dataset, evaluate: Evaluator, workdir: pathlib.Path, progress: bool
 ) -> PyTree:
-    """All models, chunk by chunk (each chunk saved, so an interrupted zoo resumes), then their test accuracy."""
+    """All models, chunk by chunk, then their test accuracy.
+
+    Each chunk checkpoints every `zoo.checkpoint_every` epochs, so an interrupted zoo resumes where it stopped.
+    """
     model = build_model(config.model)
     z = config.zoo
     steps_per_epoch = len(dataset.x_train) // z.batch_size if z.drop_last else -(-len(dataset.x_train) // z.batch_size)
     tx = zoo.make_optimizer(z.optimizer, z.learning_rate, z.weight_decay, z.schedule, z.epochs * steps_per_epoch)
-    chunk_dir = workdir / "zoo_chunks"
     trained = []
-    for number, indices in enumerate(zoo.chunks(config.zoo.num_models, config.zoo.models_per_chunk)):
-        path = chunk_dir / f"chunk_{number:04d}"
-        if not path.exists():
-            variables, _ = zoo.train_models(
-                model, tx, dataset.x_train, dataset.y_train, seed=config.seed, model_indices=indices,
-                epochs=z.epochs, batch_size=z.batch_size, inputs=input_pipeline(dataset.name, config.data.augment),
-                drop_last=z.drop_last, models_per_vmap=config.models_per_vmap, progress=progress,
-            )
-            checkpoints.save_tree(path, variables)
-        trained.append(checkpoints.restore_tree(path))
+    for number, indices in enumerate(zoo.chunks(z.num_models, z.models_per_chunk)):
+        manager = checkpoints.manager(workdir / "zoo_chunks" / f"chunk_{number:04d}")
+        variables, _ = zoo.train_models(
+            model, tx, dataset.x_train, dataset.y_train, seed=config.seed, model_indices=indices,
+            epochs=z.epochs, batch_size=z.batch_size, inputs=input_pipeline(dataset.name, config.data.augment),
+            drop_last=z.drop_last, models_per_vmap=config.models_per_vmap, manager=manager,
+            checkpoint_every=z.checkpoint_every, progress=progress,
+        )
+        trained.append(jax.tree.map(np.asarray, variables))
     variables = jax.tree.map(lambda *leaves: np.concatenate(leaves), *trained)
+    check_finite(variables, "zoo training", "Lower zoo.learning_rate, or check the data.")
     return {"variables": variables, "test_accuracy": evaluate(variables)}
 
 
@@ -105,11 +108,26 @@ def recalibrate_stage(config: ml_collections.ConfigDict, model: nn.Module, gener
     return {"batch_stats": bn_recalibration.recalibrate(model, generated, inputs.eval(jnp.asarray(batches)), config.models_per_vmap)["batch_stats"]}
 
 
+def generate(
+    config: ml_collections.ConfigDict, flow_params: PyTree, dim: int, to_weights: Callable, workdir: pathlib.Path, progress: bool
+) -> PyTree:
+    """Sample the ensemble and map it to full weights; a diverged flow is an error, not a silent report."""
+    weights = np.asarray(to_weights(sample_stage(config, flow_params, dim, progress)))
+    check_finite(weights, "generated weights", f"The flow diverged: delete {workdir / 'flow'} and retrain with a lower flow.learning_rate.")
+    return {"weights": weights}
+
+
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, progress: bool = True) -> dict:
     """Run (or resume) every stage in `workdir` and return the report."""
     validate_config(config)
     dataset = load_dataset(config.data.name, config.data.dir, config.data.source)
-    claim(workdir, config)
+    check_config(workdir, config)
+    with locked(workdir):
+        record_config(workdir, config)
+        return _run_stages(config, dataset, workdir, progress)
+
+
+def _run_stages(config: ml_collections.ConfigDict, dataset: Dataset, workdir: pathlib.Path, progress: bool) -> dict:
     stages = Stages(workdir)
     logging.info("data %s: %d train / %d test from %s", dataset.name, len(dataset.x_train), len(dataset.x_test), dataset.source)
     model = build_model(config.model)
@@ -130,9 +148,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, progress: bool
         flow_data, to_weights = pca.transform(pca_state, weights), partial(pca.inverse_transform, pca_state)
         weight_space = f"{config.pca.method} PCA, {pca_components(config)} components of D={weights.shape[1]}"
     flow = stages.run("flow", lambda: train_flow_stage(config, flow_data, workdir, progress))
-    samples = stages.run(
-        "samples", lambda: {"weights": np.asarray(to_weights(sample_stage(config, flow["params"], flow_data.shape[1], progress)))}
-    )
+    samples = stages.run("samples", lambda: generate(config, flow["params"], flow_data.shape[1], to_weights, workdir, progress))
 
     generated = unflattener(unstack(canonical["variables"], 0))(samples["weights"])
     generated_accuracy = {"as_generated": evaluate(generated)}

@@ -1,17 +1,58 @@
 """A workdir belongs to one config: the first run records it, later runs must match."""
 
+import contextlib
+import fcntl
 import json
+import os
 import pathlib
+from typing import Iterator
 
 import ml_collections
 
 from dwf_jax.checkpoints import save_json
 
 CONFIG_FILE = "config.json"
+LOCK_FILE = ".lock"
 
 
 class WorkdirConfigMismatch(ValueError):
     """The workdir holds results of a different config."""
+
+
+class WorkdirBusy(RuntimeError):
+    """Another run holds the workdir."""
+
+
+class WorkdirNotWritable(PermissionError):
+    """The workdir cannot be created or written."""
+
+
+@contextlib.contextmanager
+def locked(workdir: pathlib.Path) -> Iterator[None]:
+    """Hold an exclusive lock on the workdir for the whole run.
+
+    flock is released by the kernel when the process dies, even by SIGKILL, so a
+    killed run never leaves a stale lock behind.
+    """
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        handle = open(workdir / LOCK_FILE, "a+")
+    except OSError as error:
+        raise WorkdirNotWritable(f"workdir {workdir} is not writable ({error.strerror}); choose another --workdir") from error
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise WorkdirBusy(
+                f"workdir {workdir} is in use by another run (pid {handle.read().strip() or 'unknown'}); "
+                "wait for it to finish or use another --workdir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -29,16 +70,19 @@ def config_as_dict(config: ml_collections.ConfigDict) -> dict:
     return json.loads(config.to_json())
 
 
-def claim(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
-    """Record the config in a new workdir, or check that an existing one was made by the same config."""
-    workdir.mkdir(parents=True, exist_ok=True)
+def record_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+    """Record the config that owns a new workdir."""
+    if not (workdir / CONFIG_FILE).exists():
+        save_json(workdir / CONFIG_FILE, config_as_dict(config))
+
+
+def check_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+    """Refuse, without writing anything, a workdir that an other config made."""
     path = workdir / CONFIG_FILE
-    current = config_as_dict(config)
     if not path.exists():
-        save_json(path, current)
         return
     recorded = _flatten(json.loads(path.read_text()))
-    now = _flatten(current)
+    now = _flatten(config_as_dict(config))
     differences = sorted(key for key in recorded.keys() | now.keys() if recorded.get(key) != now.get(key))
     if differences:
         details = ", ".join(f"{key}: {recorded.get(key)!r} -> {now.get(key)!r}" for key in differences[:5])

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
 from dwf_jax.augment import InputPipeline
@@ -102,9 +103,15 @@ def train_models(
     inputs: InputPipeline,
     drop_last: bool = False,
     models_per_vmap: int = 0,
+    manager: ocp.CheckpointManager | None = None,
+    checkpoint_every: int = 1,
     progress: bool = True,
 ) -> tuple[PyTree, np.ndarray]:
-    """Train the given models together (vmapped); returns stacked variables and final epoch losses."""
+    """Train the given models together; returns stacked variables and final epoch losses.
+
+    With a checkpoint `manager`, the state is saved every `checkpoint_every`
+    epochs (step = epochs done) and training continues from the latest save.
+    """
     init_keys, data_keys = model_keys(seed, model_indices)
     sample = inputs.eval(jnp.asarray(x_train[:1]))
     variables = jax.jit(jax.vmap(lambda k: model.init({"params": k, "dropout": k}, sample, train=False)))(init_keys)
@@ -117,13 +124,22 @@ def train_models(
 
     train_epoch = jax.jit(train_epoch, donate_argnums=(0, 1))
     x_train, y_train = jnp.asarray(x_train), jnp.asarray(y_train)
-    losses = jnp.zeros(len(model_indices))
-    bar = tqdm(range(epochs), desc=f"zoo models {model_indices[0]}-{model_indices[-1]}", disable=not progress, unit="epoch")
+    state = {"variables": variables, "opt_state": opt_state, "losses": jnp.zeros(len(model_indices))}
+    start = 0
+    if manager is not None and manager.latest_step() is not None:
+        start = manager.latest_step()
+        state = manager.restore(start, args=ocp.args.StandardRestore(state))
+    bar = tqdm(range(start, epochs), desc=f"zoo models {model_indices[0]}-{model_indices[-1]}", disable=not progress, unit="epoch")
     for epoch in bar:
-        variables, opt_state, losses = train_epoch(variables, opt_state, data_keys, epoch, x_train, y_train)
+        variables, opt_state, losses = train_epoch(state["variables"], state["opt_state"], data_keys, epoch, x_train, y_train)
+        state = {"variables": variables, "opt_state": opt_state, "losses": losses}
+        if manager is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
+            manager.save(epoch + 1, args=ocp.args.StandardSave(state))
         if progress:
             bar.set_postfix(loss=f"{float(jnp.mean(losses)):.4f}")
-    return variables, np.asarray(losses)
+    if manager is not None:
+        manager.wait_until_finished()
+    return state["variables"], np.asarray(state["losses"])
 
 
 def chunks(num_models: int, models_per_chunk: int) -> list[np.ndarray]:
