@@ -22,7 +22,8 @@ from dwf_jax.augment import input_pipeline
 from dwf_jax.bn_recalibration import calibration_batches
 from dwf_jax.config import pca_components, validate_config
 from dwf_jax.data import Dataset, load_dataset
-from dwf_jax.ensemble import check_finite
+from dwf_jax.checkpoints import CheckpointError
+from dwf_jax.ensemble import architecture_mismatch, check_finite
 from dwf_jax.evaluate import ensemble_accuracy
 from dwf_jax.flatten import flatten_zoo, unflattener, unstack
 from dwf_jax.flow_stage import sample_stage, train_flow_stage
@@ -108,6 +109,13 @@ def recalibrate_stage(config: ml_collections.ConfigDict, model: nn.Module, gener
     return {"batch_stats": bn_recalibration.recalibrate(model, generated, inputs.eval(jnp.asarray(batches)), config.models_per_vmap)["batch_stats"]}
 
 
+def expected_zoo(config: ml_collections.ConfigDict, model: nn.Module, dataset: Dataset) -> PyTree:
+    """Shapes of the stacked zoo this config trains, without computing it."""
+    sample = input_pipeline(dataset.name, config.data.augment).eval(jnp.asarray(dataset.x_train[:1]))
+    one = jax.eval_shape(lambda: model.init(jax.random.key(0), sample, train=False))
+    return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct((config.zoo.num_models, *leaf.shape), leaf.dtype), one)
+
+
 def generate(
     config: ml_collections.ConfigDict, flow_params: PyTree, dim: int, to_weights: Callable, workdir: pathlib.Path, progress: bool
 ) -> PyTree:
@@ -139,6 +147,11 @@ def _run_stages(config: ml_collections.ConfigDict, dataset: Dataset, workdir: pa
     zoo_result = stages.run("zoo", lambda: train_zoo_stage(config, dataset, evaluate, workdir, progress))
     shutil.rmtree(workdir / "zoo_chunks", ignore_errors=True)
     canonical = stages.run("canonical", lambda: canonicalize_stage(config, zoo_result["variables"], evaluate))
+    expected = expected_zoo(config, model, dataset)
+    for name, stage in (("zoo", zoo_result), ("canonical", canonical)):
+        difference = architecture_mismatch(expected, stage["variables"])
+        if difference:
+            raise CheckpointError(f"checkpoint {workdir / name} holds another architecture ({difference}); delete it to recompute that stage")
 
     weights = jnp.asarray(flatten_zoo(canonical["variables"]))
     flow_data, to_weights, weight_space = weights, lambda x: x, f"full weights (D={weights.shape[1]})"

@@ -1,0 +1,66 @@
+"""Killed with SIGKILL at a random step and restarted, a run ends bitwise equal to an uninterrupted one."""
+
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+from dwf_jax.checkpoints import restore_tree
+
+ROOT = pathlib.Path(__file__).parents[1]
+OVERRIDES = [
+    "--config.zoo.num_models=8", "--config.zoo.epochs=60", "--config.zoo.checkpoint_every=1",
+    "--config.flow.iterations=600", "--config.flow.hidden=32", "--config.flow.steps_per_dispatch=10",
+    "--config.flow.checkpoint_every=20", "--config.sample.num_samples=4", "--config.sample.steps=10",
+]
+
+
+def _command(workdir: pathlib.Path) -> list[str]:
+    return [sys.executable, "-m", "dwf_jax.main", "--config=configs/iris_mlp.py", f"--workdir={workdir}", "--noprogress", *OVERRIDES]
+
+
+def _latest_step(folder: pathlib.Path) -> int:
+    steps = [int(p.name) for p in folder.glob("*") if p.name.isdigit()] if folder.exists() else []
+    return max(steps, default=-1)
+
+
+def _run_until_killed(workdir: pathlib.Path, checkpoints: pathlib.Path, kill_at: int) -> None:
+    """Start the run and SIGKILL it once `checkpoints` holds a step >= kill_at."""
+    process = subprocess.Popen(_command(workdir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    while process.poll() is None and _latest_step(checkpoints) < kill_at:
+        time.sleep(0.01)
+    assert process.poll() is None, f"run ended before step {kill_at}: {process.stderr.read().decode()[-2000:]}"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def _run_to_end(workdir: pathlib.Path) -> None:
+    finished = subprocess.run(_command(workdir), cwd=ROOT, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+
+
+def _assert_bitwise_equal(a: pathlib.Path, b: pathlib.Path) -> None:
+    jax.tree.map(np.testing.assert_array_equal, restore_tree(a), restore_tree(b))
+
+
+def test_zoo_and_flow_resume_bitwise(tmp_path):
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    zoo_kill, flow_kill = rng.randrange(3, 40), rng.randrange(2, 25) * 20
+    print(f"seed {seed}: killing the zoo at epoch {zoo_kill} and the flow at step {flow_kill}")
+
+    _run_to_end(tmp_path / "uninterrupted")
+    interrupted = tmp_path / "interrupted"
+    _run_until_killed(interrupted, interrupted / "zoo_chunks" / "chunk_0000", zoo_kill)
+    assert not (interrupted / "zoo").exists()
+    _run_until_killed(interrupted, interrupted / "flow_checkpoints", flow_kill)
+    assert (interrupted / "zoo").exists() and not (interrupted / "flow").exists()
+    _run_to_end(interrupted)
+
+    for stage in ("zoo", "canonical", "flow", "samples"):
+        _assert_bitwise_equal(tmp_path / "uninterrupted" / stage, interrupted / stage)
