@@ -5,6 +5,7 @@ Kept short on purpose (as in flax/examples): the work lives in
 """
 
 import pathlib
+import re
 import sys
 
 from absl import app, flags, logging
@@ -31,9 +32,13 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         return FLAGS(argv)
     except (AttributeError, KeyError) as error:
-        name = str(error).strip("\"'")
+        text = str(error).replace("\\", "")
+        name = re.search(r"'([^']+)'", text)
+        name = name.group(1) if name else text
+        suggestion = re.search(r'Did you mean "([^"]+)"', text)
+        hint = f' (did you mean "{suggestion.group(1)}"?)' if suggestion else ""
         culprits = [arg for arg in argv if arg.startswith("--config.") and f".{name}" in arg.split("=")[0]]
-        sys.exit(f"dwf_jax: unknown config key {name!r} in {culprits or argv[1:]}; the config file lists the valid keys.")
+        sys.exit(f"dwf_jax: unknown config key {name!r} in {' '.join(culprits or argv[1:])}{hint}; the config file lists the valid keys.")
 
 
 def main(argv: list[str]) -> None:

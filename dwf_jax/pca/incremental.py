@@ -1,0 +1,91 @@
+"""Incremental PCA over batches of models (Ross et al. 2008; scikit-learn's IncrementalPCA), jit-compiled.
+
+Only one batch of rows and a (k + batch + 1, D) stack are ever in memory, so the
+zoo can come from disk or a generator. Each step updates the running mean and
+takes the SVD of [singular values * components; centred batch; mean-correction
+row], exactly as scikit-learn does. One compiled step serves every batch: short
+batches are zero-padded and their real row count is a traced argument.
+"""
+
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dwf_jax.pca.dual import PCAState
+
+DEFAULT_BATCH_SIZE = 50
+
+
+class IncrementalState(NamedTuple):
+    mean: jax.Array  # (D,) mean of the models seen
+    components: jax.Array  # (k, D), orthonormal rows (zero rows beyond the rank seen)
+    singular_values: jax.Array  # (k,)
+    count: jax.Array  # () number of models seen
+
+
+def init(num_components: int, dim: int) -> IncrementalState:
+    """The state before any model: a zero stack makes the first step the general one."""
+    return IncrementalState(jnp.zeros(dim), jnp.zeros((num_components, dim)), jnp.zeros(num_components), jnp.zeros((), jnp.int32))
+
+
+def _wide_svd(matrix: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Singular values and right singular vectors of a wide (m, D) matrix, m << D.
+
+    LAPACK's SVD of the wide stack costs ~30x more than an m x m eigh, but one Gram
+    round squares the condition number. The first round only rotates the rows to
+    near-orthogonality; the second, on those rows, is then as accurate as LAPACK in fp32.
+    Singular values below the fp32 noise floor come back as zero with zero rows.
+    """
+    _, rotation = jnp.linalg.eigh(matrix @ matrix.T)
+    rotated = rotation.T @ matrix
+    eigenvalues, rotation = jnp.linalg.eigh(rotated @ rotated.T)
+    singular = jnp.sqrt(jnp.maximum(eigenvalues[::-1], 0.0))
+    keep = singular > singular[0] * matrix.shape[0] * jnp.finfo(matrix.dtype).eps
+    vectors = (rotation[:, ::-1].T @ rotated) / jnp.where(keep, singular, 1.0)[:, None]
+    return jnp.where(keep, singular, 0.0), jnp.where(keep[:, None], vectors, 0.0)
+
+
+@jax.jit
+def partial_fit(state: IncrementalState, batch: jax.Array, num_rows: jax.Array) -> IncrementalState:
+    """Fold the first `num_rows` rows of `batch` (b, D) into the state."""
+    valid = (jnp.arange(batch.shape[0]) < num_rows)[:, None]
+    seen, new = state.count.astype(batch.dtype), jnp.asarray(num_rows, batch.dtype)
+    total = seen + new
+    batch_mean = jnp.sum(jnp.where(valid, batch, 0.0), axis=0) / new
+    correction = jnp.sqrt(seen * new / total) * (state.mean - batch_mean)
+    stack = jnp.concatenate([state.singular_values[:, None] * state.components, jnp.where(valid, batch - batch_mean, 0.0), correction[None]])
+    singular, vectors = _wide_svd(stack)
+    num_components = state.components.shape[0]
+    mean = state.mean + (batch_mean - state.mean) * (new / total)
+    return IncrementalState(mean, vectors[:num_components], singular[:num_components], state.count + num_rows)
+
+
+def to_pca_state(state: IncrementalState) -> PCAState:
+    return PCAState(state.mean, state.components, state.singular_values**2 / (state.count - 1))
+
+
+def _padded_batches(source: jax.Array | np.ndarray | Iterable, batch_size: int) -> Iterator[tuple[jax.Array, int]]:
+    """(batch_size, D) device batches and their real row counts, from an array or an iterable of row blocks."""
+    for chunk in (source,) if hasattr(source, "shape") else source:
+        for start in range(0, len(chunk), batch_size):
+            rows = jnp.asarray(chunk[start : start + batch_size], jnp.float32)
+            yield jnp.pad(rows, ((0, batch_size - len(rows)), (0, 0))), len(rows)
+
+
+def fit_incremental(
+    weights_or_batches: jax.Array | np.ndarray | Iterable, num_components: int, batch_size: int = DEFAULT_BATCH_SIZE
+) -> PCAState:
+    """Incremental PCA of an (N, D) array (memmaps work) or of an iterable of (b_i, D) row blocks.
+
+    Unlike scikit-learn, a batch may hold fewer rows than `num_components`.
+    """
+    state = None
+    for batch, num_rows in _padded_batches(weights_or_batches, batch_size):
+        state = init(num_components, batch.shape[1]) if state is None else state
+        state = partial_fit(state, batch, num_rows)
+    if state is None or int(state.count) < 2:
+        raise ValueError("incremental PCA needs at least 2 models")
+    return to_pca_state(state)

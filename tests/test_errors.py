@@ -1,0 +1,187 @@
+"""Every bad input gets one clear error, raised before any file in the workdir changes."""
+
+import hashlib
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import configs.iris_mlp as iris_config
+from dwf_jax import checkpoints, ensemble, permutations, pipeline
+from dwf_jax.checkpoints import CheckpointError, NotEnoughSpace
+from dwf_jax.data import DatasetNotFoundError
+from dwf_jax.ensemble import NonFiniteWeights
+from dwf_jax.models import MLP
+from dwf_jax.workdir import WorkdirBusy, WorkdirConfigMismatch, WorkdirNotWritable, locked
+
+ROOT = pathlib.Path(__file__).parents[1]
+
+
+def tiny_config():
+    config = iris_config.get_config()
+    config.zoo.update(num_models=4, epochs=10, checkpoint_every=5)
+    config.flow.update(iterations=60, hidden=16, steps_per_dispatch=30, checkpoint_every=30, batch_size=2)
+    config.sample.update(num_samples=3, steps=4)
+    return config
+
+
+def snapshot(folder: pathlib.Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("finished") / "work"
+    pipeline.run(tiny_config(), workdir, progress=False)
+    return workdir
+
+
+@pytest.fixture
+def workdir(finished, tmp_path):
+    """A private copy of a finished run, to damage at will."""
+    copy = tmp_path / "work"
+    shutil.copytree(finished, copy)
+    return copy
+
+
+def refused(workdir: pathlib.Path, error: type, match: str, run=None) -> None:
+    """`run` (default: the tiny pipeline) raises `error` matching `match`, and no file in `workdir` changed."""
+    before = snapshot(workdir) if workdir.exists() else {}
+    with pytest.raises(error, match=match):
+        (run or (lambda: pipeline.run(tiny_config(), workdir, progress=False)))()
+    assert (snapshot(workdir) if workdir.exists() else {}) == before
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dwf_jax.main", *args], cwd=ROOT, capture_output=True, text=True)
+
+
+def test_unknown_config_key_is_named():
+    result = cli("--config=configs/iris_mlp.py", "--config.zoo.num_modles=3")
+    assert result.returncode != 0 and "unknown config key 'num_modles'" in result.stderr
+
+
+def test_wrong_type_is_named():
+    result = cli("--config=configs/iris_mlp.py", "--config.zoo.num_models=many")
+    assert result.returncode != 0 and "--config.zoo.num_models=many" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "section, field, value, message",
+    [
+        ("zoo", "num_models", -3, "a zoo needs at least 2 models"),
+        ("zoo", "num_models", 1, "a zoo needs at least 2 models"),
+        ("sample", "steps", 0, "sample.steps=0 must be >= 1"),
+        ("flow", "iterations", 0, "flow.iterations=0 must be >= 1"),
+        ("flow", "hidden", 255, "flow.hidden=255 must be even"),
+        ("pca", "components", 7, r"pca.components=7 must be -1 \(all\) or in \[1, zoo.num_models - 1 = 3\]"),
+    ],
+)
+def test_out_of_range_values(workdir, section, field, value, message):
+    config = tiny_config()
+    if section == "pca":
+        config.pca.method = "dual"
+    config[section][field] = value
+    refused(workdir, ValueError, message, lambda: pipeline.run(config, workdir, progress=False))
+
+
+def test_cli_prints_one_line_without_traceback(tmp_path):
+    result = cli("--config=configs/iris_mlp.py", "--config.flow.hidden=3", f"--workdir={tmp_path / 'never'}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("dwf_jax: error: invalid config: flow.hidden=3")
+    assert not (tmp_path / "never").exists()
+
+
+def test_missing_dataset(workdir, monkeypatch):
+    monkeypatch.delenv("DWF_DATA_DIR", raising=False)
+    config = tiny_config()
+    config.data.update(name="mnist", source="offline", dir=str(workdir.parent / "no-data"))
+    refused(workdir, DatasetNotFoundError, "no-data/mnist: missing train-images-idx3-ubyte.gz", lambda: pipeline.run(config, workdir, progress=False))
+
+
+def test_workdir_of_another_config(workdir):
+    config = tiny_config()
+    config.zoo.epochs = 11
+    refused(workdir, WorkdirConfigMismatch, "zoo.epochs: 10 -> 11", lambda: pipeline.run(config, workdir, progress=False))
+
+
+def test_truncated_checkpoint(workdir):
+    victim = max((p for p in (workdir / "samples").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    refused(workdir, CheckpointError, "samples is corrupt, truncated or of another architecture")
+
+
+def test_checkpoint_of_another_architecture(workdir, tmp_path):
+    other_config = tiny_config()
+    other_config.model.features = (8, 3)
+    pipeline.run(other_config, tmp_path / "other", progress=False)
+    shutil.rmtree(workdir / "zoo")
+    shutil.copytree(tmp_path / "other" / "zoo", workdir / "zoo")
+    refused(workdir, CheckpointError, r"zoo holds another architecture .*'Dense_0'\]\['bias'\] has shape \(4, 8\), expected \(4, 16\)")
+
+
+def test_spec_that_does_not_fit_the_params():
+    params = MLP((16, 3)).init(jax.random.key(0), np.zeros((1, 4)))
+    spec = permutations.builders.mlp_permutation_spec(3)
+    with pytest.raises(ValueError, match="Dense_2"):
+        permutations.validate(spec, params)
+
+
+@pytest.mark.parametrize("perm, message", [([0, 1, 2], "length"), ([0] * 16, "not a permutation")])
+def test_bad_permutations(perm, message):
+    params = MLP((16, 3)).init(jax.random.key(0), np.zeros((1, 4)))
+    spec = permutations.builders.mlp_permutation_spec(2)
+    with pytest.raises(ValueError, match=message):
+        permutations.apply_permutation(spec, {"Dense_0": np.asarray(perm)}, params)
+
+
+def test_zoo_with_nan_weights(tmp_path):
+    config = tiny_config()
+    config.zoo.learning_rate = 1e38
+    with pytest.raises(NonFiniteWeights, match="zoo training: .* models have NaN/Inf weights"):
+        pipeline.run(config, tmp_path / "work", progress=False)
+    assert not (tmp_path / "work" / "zoo").exists()
+
+
+def test_generated_nan_weights(workdir):
+    flow = checkpoints.restore_tree(workdir / "flow")
+    with pytest.raises(NonFiniteWeights, match="generated weights: 3 of 3 models .* delete .*flow"):
+        pipeline.generate(tiny_config(), flow["params"], 131, lambda x: x * np.nan, workdir, progress=False)
+
+
+def test_flow_nan_guard_names_step_and_checkpoint(tmp_path):
+    config = tiny_config()
+    config.flow.source_std = 1e30
+    with pytest.raises(FloatingPointError, match="flow loss became non-finite near step 30; last good checkpoint: step None"):
+        pipeline.run(config, tmp_path / "work", progress=False)
+
+
+def test_zoo_of_mixed_architectures():
+    small = MLP((8, 3)).init(jax.random.key(0), np.zeros((1, 4)))
+    large = MLP((16, 3)).init(jax.random.key(1), np.zeros((1, 4)))
+    with pytest.raises(ValueError, match=r"model 2 has another architecture .*Dense_0'\]\['bias'\] has shape \(16,\), expected \(8,\)"):
+        ensemble.stack([small, small, large])
+    with pytest.raises(ValueError, match="at least 2 models"):
+        ensemble.stack([small])
+
+
+def test_workdir_that_cannot_be_written(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(WorkdirNotWritable, match="a-file/work is not writable"):
+        pipeline.run(tiny_config(), blocker / "work", progress=False)
+
+
+def test_full_disk(workdir, monkeypatch):
+    shutil.rmtree(workdir / "samples")
+    monkeypatch.setattr(checkpoints.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(1 << 40, 1 << 40, 1024))
+    refused(workdir, NotEnoughSpace, "not enough free space .* 0 MiB are free. Free some space and rerun")
+
+
+def test_second_run_on_a_busy_workdir(workdir):
+    with locked(workdir):
+        refused(workdir, WorkdirBusy, f"workdir {workdir} is in use by another run")
