@@ -13,7 +13,7 @@ MODELS = ("mlp", "smallcnn", "resnet20", "resnet18")
 ZOO_OPTIMIZERS = ("adam", "adamw", "sgd")
 INIT_SCHEMES = ("kaiming", "xavier", "normal", "uniform")
 CANONICALIZATION = ("rebasin", "none")
-PCA_METHODS = ("none", "dual")
+PCA_METHODS = ("none", "dual", "incremental")
 TIME_DISTRIBUTIONS = ("uniform", "beta")
 ODE_METHODS = ("rk4", "euler")
 
@@ -54,8 +54,12 @@ def base_config() -> ml_collections.ConfigDict:
     config.canonical.max_iter = 100
 
     config.pca = ml_collections.ConfigDict()
-    config.pca.method = "none"  # none: the flow sees full weights; dual: it sees PCA coefficients
+    config.pca.method = "none"  # none: the flow sees full weights; dual or incremental: it sees PCA coefficients
     config.pca.components = -1  # -1: all N-1 directions of the zoo (exact for the zoo)
+    config.pca.batch_size = 50  # incremental: models per partial_fit step
+    config.pca.micro_batch = 0  # dual: weights (columns) per streamed block; 0 = the whole zoo at once
+    config.pca.fp16 = False  # dual: fp16 operands with fp32 sums in the streamed products
+    config.pca.solver = "eigh"  # dual: eigh | randomized (eigenvectors of the N x N Gram matrix)
 
     config.flow = ml_collections.ConfigDict()
     config.flow.hidden = 256
@@ -128,6 +132,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             config.pca.components == -1 or 1 <= config.pca.components <= zoo.num_models - 1,
             f"pca.components={config.pca.components} must be -1 (all) or in [1, zoo.num_models - 1 = {zoo.num_models - 1}]",
         )
+    _check(config.pca.batch_size >= 1, f"pca.batch_size={config.pca.batch_size} must be >= 1")
+    _check(config.pca.micro_batch >= 0, f"pca.micro_batch={config.pca.micro_batch} must be >= 0 (0 = the whole zoo at once)")
+    _check_choice(config.pca.solver, ("eigh", "randomized"), "pca.solver")
     _check(flow.hidden >= 2 and flow.hidden % 2 == 0, f"flow.hidden={flow.hidden} must be even and >= 2 (the middle layer is hidden/2)")
     _check(flow.time_embed_dim >= 1, f"flow.time_embed_dim={flow.time_embed_dim} must be >= 1")
     _check(0.0 <= flow.dropout < 1.0, f"flow.dropout={flow.dropout} must be in [0, 1)")
