@@ -29,8 +29,11 @@ def train_flow_stage(config: ml_collections.ConfigDict, weights: jax.Array, work
     tx = flow.make_optimizer(f.learning_rate, f.weight_decay, f.iterations)
     root = jax.random.fold_in(jax.random.key(config.seed), 2)
     state = flow.create_flow_state(model, tx, jax.random.fold_in(root, 0))
+    batch_size = min(f.batch_size, weights.shape[0])
+    if batch_size < f.batch_size:
+        logging.warning("flow: batch size %d exceeds the zoo (%d models); using %d", f.batch_size, weights.shape[0], batch_size)
     train_chunk = flow.make_train_chunk(
-        model, tx, batch_size=f.batch_size, source_std=f.source_std, sigma=f.sigma,
+        model, tx, batch_size=batch_size, source_std=f.source_std, sigma=f.sigma,
         time_distribution=f.time_distribution, beta=tuple(f.beta),
     )
     manager = checkpoints.manager(workdir / "flow_checkpoints")

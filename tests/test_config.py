@@ -20,7 +20,7 @@ def test_shipped_configs_are_valid(module):
         ("zoo.epochs", 0, "zoo.epochs=0"),
         ("flow.hidden", 33, "must be even"),
         ("flow.iterations", 0, "flow.iterations=0"),
-        ("flow.batch_size", 200, "flow.batch_size=200"),
+        ("flow.batch_size", 0, "flow.batch_size=0"),
         ("sample.steps", 0, "sample.steps=0"),
         ("sample.method", "heun", "sample.method='heun'"),
         ("canonical.reference", 100, "canonical.reference=100"),

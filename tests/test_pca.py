@@ -1,8 +1,11 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+from sklearn.decomposition import IncrementalPCA
 
 from dwf_jax import pca
+from dwf_jax.config import base_config, validate_config
 
 
 def _low_rank(num_rows=40, dim=300, rank=5, seed=0):
@@ -25,3 +28,105 @@ def test_n_minus_one_components_reconstruct_the_zoo_exactly():
     state = pca.fit_dual(zoo, 11)
     restored = pca.inverse_transform(state, pca.transform(state, zoo))
     assert float(jnp.linalg.norm(restored - zoo) / jnp.linalg.norm(zoo - zoo.mean(0))) < 1e-5
+
+
+def _streaming(data, num_components, micro_batch=64, **options):
+    return pca.fit_dual_streaming(pca.array_reader(data), len(data), data.shape[1], num_components, micro_batch, **options)
+
+
+FITTERS = {
+    "dual": lambda data, k: pca.fit_dual(jnp.asarray(data, jnp.float32), k),
+    "incremental": lambda data, k: pca.fit_incremental(data, k, batch_size=15),  # 40 rows: the last batch is padded
+    "streaming_eigh": _streaming,  # micro_batch 64 does not divide D=300 or 500
+    "streaming_randomized": lambda data, k: _streaming(data, k, solver="randomized", key=jax.random.key(1)),
+}
+
+
+def _relative_error(state, data):
+    restored = pca.inverse_transform(state, pca.transform(state, jnp.asarray(data, jnp.float32)))
+    return float(np.linalg.norm(np.asarray(restored) - data) / np.linalg.norm(data - data.mean(0)))
+
+
+def _cosines(components, reference):
+    """Cosines of the principal angles between two row spaces."""
+    return np.linalg.svd(np.asarray(components, np.float64) @ np.asarray(reference, np.float64).T, compute_uv=False)
+
+
+def _match_signs(components, reference):
+    components = np.asarray(components)
+    return components * np.sign(np.sum(components * reference, axis=1, keepdims=True))
+
+
+@pytest.mark.parametrize("method", FITTERS)
+def test_every_method_matches_numpy_svd(method):
+    data = _low_rank() + 1e-3 * np.random.default_rng(1).normal(size=(40, 300))
+    state = FITTERS[method](data, 5)
+    centred = data - data.mean(0)
+    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+    assert np.min(_cosines(state.components, vt[:5])) > 1 - 1e-4
+    np.testing.assert_allclose(state.explained_variance, singular[:5] ** 2 / (len(data) - 1), rtol=1e-4)
+    exact_error = np.linalg.norm(centred - centred @ vt[:5].T @ vt[:5]) / np.linalg.norm(centred)
+    assert abs(_relative_error(state, data) - exact_error) < 1e-4
+
+
+@pytest.mark.parametrize("method", ["dual", "incremental", "streaming_eigh", "streaming_randomized"])
+def test_n_minus_one_components_of_every_method_reconstruct_the_zoo(method):
+    zoo = np.asarray(jax.random.normal(jax.random.key(0), (12, 500)))
+    fit = {"incremental": lambda data, k: pca.fit_incremental(data, k, batch_size=5)}.get(method, FITTERS[method])
+    assert _relative_error(fit(zoo, 11), zoo) < 1e-5
+
+
+def test_incremental_matches_scikit_learn():
+    data = _low_rank(num_rows=50, dim=200, rank=8) + 0.05 * np.random.default_rng(2).normal(size=(50, 200))
+    reference = IncrementalPCA(n_components=5, batch_size=15).fit(data)  # batches 15, 15, 15, 5 in both
+    state = pca.fit_incremental(data, 5, batch_size=15)
+    np.testing.assert_allclose(state.explained_variance, reference.explained_variance_, rtol=1e-4)
+    np.testing.assert_allclose(_match_signs(state.components, reference.components_), reference.components_, atol=1e-4)
+    np.testing.assert_allclose(state.mean, reference.mean_, atol=1e-5)
+
+
+def test_incremental_takes_an_iterable_of_row_blocks():
+    data = _low_rank()
+    whole = pca.fit_incremental(data, 5, batch_size=8)
+    blocks = pca.fit_incremental((data[start : start + 13] for start in range(0, 40, 13)), 5, batch_size=8)
+    assert np.min(_cosines(blocks.components, whole.components)) > 1 - 1e-4
+
+
+def test_fp16_streaming_stays_within_the_stated_error_of_fp32():
+    """Bound: principal-angle cosines > 0.999 and reconstruction errors within 1e-2 of fp32."""
+    data = _low_rank(rank=6) + 0.05 * np.random.default_rng(3).normal(size=(40, 300))
+    fp32, fp16 = _streaming(data, 6), _streaming(data, 6, fp16=True)
+    assert np.min(_cosines(fp16.components, fp32.components)) > 0.999
+    assert abs(_relative_error(fp16, data) - _relative_error(fp32, data)) < 1e-2
+    np.testing.assert_allclose(fp16.explained_variance, fp32.explained_variance, rtol=1e-2)
+
+
+def test_streaming_from_a_memmap_file_matches_in_memory_dual(tmp_path):
+    data = _low_rank().astype(np.float32)
+    assert pca.write_memmap(tmp_path / "zoo.bin", iter(data), 300) == 40
+    reader = pca.memmap_reader(tmp_path / "zoo.bin", 40, 300)
+    streamed = pca.fit_dual_streaming(reader, 40, 300, 5, micro_batch=64, components_path=tmp_path / "components.bin")
+    in_memory = pca.fit_dual(jnp.asarray(data), 5)
+    assert isinstance(streamed.components, np.memmap)
+    np.testing.assert_allclose(streamed.mean, in_memory.mean, atol=1e-5)
+    np.testing.assert_allclose(_match_signs(streamed.components, in_memory.components), in_memory.components, atol=1e-4)
+    np.testing.assert_allclose(streamed.explained_variance, in_memory.explained_variance, rtol=1e-4)
+
+
+def test_fit_dispatches_every_method_to_jax_arrays():
+    data = jnp.asarray(_low_rank(), jnp.float32)
+    for method, options in [("dual", {}), ("dual", {"micro_batch": 64, "solver": "randomized"}), ("incremental", {"batch_size": 16})]:
+        state = pca.fit(method, data, 5, **options)
+        assert all(isinstance(value, jax.Array) for value in state)
+        assert _relative_error(state, np.asarray(data)) < 1e-4
+    with pytest.raises(ValueError, match="unknown PCA method"):
+        pca.fit("kernel", data, 5)
+
+
+def test_config_accepts_incremental_and_names_a_bad_solver():
+    config = base_config()
+    config.pca.method = "incremental"
+    validate_config(config)
+    config.pca.solver = "lanczos"
+    with pytest.raises(ValueError, match="pca.solver"):
+        validate_config(config)
