@@ -3,16 +3,13 @@
 import pathlib
 from typing import Any
 
-import matplotlib
+import ml_collections
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
-
-from dwf_jax import checkpoints, flow  # noqa: E402
-from dwf_jax.data import Dataset  # noqa: E402
-from dwf_jax.evaluate import novelty, summary  # noqa: E402
+from dwf_jax import checkpoints, flow
+from dwf_jax.data import Dataset
+from dwf_jax.evaluate import novelty, summary
 
 REPORT_FILE = "report.json"
 FIGURE_FILE = "accuracy.png"
@@ -111,7 +108,8 @@ def format_summary(result: dict) -> str:
 
 
 def plot_accuracy(result: dict, path: pathlib.Path) -> None:
-    figure, axis = plt.subplots(figsize=(6, 3.5))
+    figure = Figure(figsize=(6, 3.5))
+    axis = figure.subplots()
     values = [result["original"]["per_model"], result["generated"]["per_model"]]
     bins = np.linspace(min(map(min, values)), max(map(max, values)) + 1e-6, 30)
     axis.hist(values[0], bins=bins, alpha=0.6, label="original")
@@ -122,7 +120,6 @@ def plot_accuracy(result: dict, path: pathlib.Path) -> None:
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def write(workdir: pathlib.Path, result: dict) -> None:

@@ -23,8 +23,9 @@ def cnn_run(tmp_path_factory):
     config.pca.update(method="dual", components=-1)
     config.sample.update(num_samples=3, steps=5)
     config.bn.update(num_batches=2, batch_size=16)
-    pytest.MonkeyPatch().setenv("DWF_CACHE_DIR", str(root / "cache"))
-    return pipeline.run(config, root / "work", progress=False), root / "work"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DWF_CACHE_DIR", str(root / "cache"))
+        return pipeline.run(config, root / "work", progress=False), root / "work"
 
 
 def test_report_has_accuracy_before_and_after_recalibration(cnn_run):
