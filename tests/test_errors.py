@@ -9,11 +9,12 @@ import sys
 import jax
 import numpy as np
 import pytest
+from tarfiles import write_image_folder_tar
 
 import configs.iris_mlp as iris_config
 from dwf_jax import checkpoints, ensemble, permutations, pipeline
 from dwf_jax.checkpoints import CheckpointError, NotEnoughSpace
-from dwf_jax.data import DatasetNotFoundError
+from dwf_jax.data import CIFAR10_TAR, DatasetNotFoundError
 from dwf_jax.ensemble import NonFiniteWeights
 from dwf_jax.models import MLP
 from dwf_jax.workdir import WorkdirBusy, WorkdirConfigMismatch, WorkdirNotWritable, locked
@@ -185,3 +186,28 @@ def test_full_disk(workdir, monkeypatch):
 def test_second_run_on_a_busy_workdir(workdir):
     with locked(workdir):
         refused(workdir, WorkdirBusy, f"workdir {workdir} is in use by another run")
+
+
+def test_truncated_idx_file(workdir, tmp_path, monkeypatch):
+    monkeypatch.delenv("DWF_DATA_DIR", raising=False)
+    folder = tmp_path / "data" / "mnist"
+    folder.mkdir(parents=True)
+    header = bytes([0, 0, 8, 3]) + (60000).to_bytes(4, "big") + (28).to_bytes(4, "big") + (28).to_bytes(4, "big")
+    for name in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte"):
+        (folder / name).write_bytes(header + bytes(100))
+    for name in ("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"):
+        (folder / name).write_bytes(bytes([0, 0, 8, 1]) + (60000).to_bytes(4, "big") + bytes(10))
+    config = tiny_config()
+    config.data.update(name="mnist", dir=str(tmp_path / "data"), source="offline")
+    refused(workdir, ValueError, "idx3-ubyte.*needs 47040000 data bytes, got 100", lambda: pipeline.run(config, workdir, progress=False))
+
+
+def test_corrupt_jpeg_in_the_cifar_archive(workdir, tmp_path, monkeypatch):
+    monkeypatch.setenv("DWF_CACHE_DIR", str(tmp_path / "cache"))
+    tar = tmp_path / "data" / CIFAR10_TAR
+    tar.parent.mkdir(parents=True)
+    write_image_folder_tar(tar, {"train": {"cat": 2}, "test": {"dog": 1}}, corrupt="cifar10_jpeg/train/cat/0001.jpg")
+    config = tiny_config()
+    config.data.update(name="cifar10", dir=str(tmp_path / "data"), source="offline")
+    config.model.name = "smallcnn"
+    refused(workdir, ValueError, "cifar10_jpeg/train/cat/0001.jpg", lambda: pipeline.run(config, workdir, progress=False))
