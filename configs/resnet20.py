@@ -16,5 +16,9 @@ def get_config():
     config.pca.update(method="dual", components=-1)
     config.flow.update(hidden=512, time_embed_dim=64, dropout=0.1)
     config.eval.batch_size = 500
-    config.models_per_vmap = 1  # grouped convs are slow on CPU; on a GPU try 0 (all)
+    # XLA:CPU runs convolution gradients inside loops and vmaps several times slower
+    # than alone: one model and one minibatch per dispatch. On a GPU try
+    # --config.models_per_vmap=0 --config.zoo.scan_steps=True.
+    config.models_per_vmap = 1
+    config.zoo.scan_steps = False
     return config

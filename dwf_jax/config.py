@@ -47,6 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.zoo.drop_last = False  # BatchNorm models drop the last partial batch
     config.zoo.models_per_chunk = 100
     config.zoo.checkpoint_every = 1  # epochs
+    config.zoo.scan_steps = True  # one lax.scan per epoch; False: one dispatch per minibatch (CNNs on CPU)
 
     config.canonical = ml_collections.ConfigDict()
     config.canonical.method = "rebasin"

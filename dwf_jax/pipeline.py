@@ -73,7 +73,7 @@ def train_zoo_stage(
         variables, _ = zoo.train_models(
             model, tx, dataset.x_train, dataset.y_train, seed=config.seed, model_indices=indices,
             epochs=z.epochs, batch_size=z.batch_size, inputs=input_pipeline(dataset.name, config.data.augment),
-            drop_last=z.drop_last, models_per_vmap=config.models_per_vmap, manager=manager,
+            drop_last=z.drop_last, models_per_vmap=config.models_per_vmap, scan_steps=z.scan_steps, manager=manager,
             checkpoint_every=z.checkpoint_every, progress=progress,
         )
         trained.append(jax.tree.map(np.asarray, variables))
@@ -156,7 +156,8 @@ def _run_stages(config: ml_collections.ConfigDict, dataset: Dataset, workdir: pa
     weights = jnp.asarray(flatten_zoo(canonical["variables"]))
     flow_data, to_weights, weight_space = weights, lambda x: x, f"full weights (D={weights.shape[1]})"
     if config.pca.method != "none":
-        fitted = stages.run("pca", lambda: pca.fit(config.pca.method, weights, pca_components(config))._asdict())
+        options = dict(batch_size=config.pca.batch_size, micro_batch=config.pca.micro_batch, fp16=config.pca.fp16, solver=config.pca.solver)
+        fitted = stages.run("pca", lambda: pca.fit(config.pca.method, weights, pca_components(config), **options)._asdict())
         pca_state = pca.PCAState(**{name: jnp.asarray(value) for name, value in fitted.items()})
         flow_data, to_weights = pca.transform(pca_state, weights), partial(pca.inverse_transform, pca_state)
         weight_space = f"{config.pca.method} PCA, {pca_components(config)} components of D={weights.shape[1]}"

@@ -16,10 +16,9 @@ import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
 from dwf_jax.augment import InputPipeline
-from dwf_jax.ensemble import map_models
 
 PyTree = Any
-EpochFn = Callable[..., tuple[PyTree, PyTree, jax.Array]]
+StepFn = Callable[..., tuple[tuple[PyTree, PyTree], jax.Array]]
 
 
 def make_optimizer(
@@ -47,10 +46,10 @@ def model_keys(seed: int, model_indices: np.ndarray) -> tuple[jax.Array, jax.Arr
     return keys[:, 0], keys[:, 1]
 
 
-def make_train_epoch(
-    model: nn.Module, tx: optax.GradientTransformation, batch_size: int, num_examples: int, inputs: InputPipeline, drop_last: bool
-) -> EpochFn:
-    """One epoch of one model over shuffled minibatches.
+def epoch_plan(
+    data_key: jax.Array, epoch: jax.Array, num_examples: int, batch_size: int, drop_last: bool
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One model's minibatches for one epoch: (indices, loss weights, step keys), each with a leading batch axis.
 
     Without drop_last the last partial minibatch is padded and masked out of the
     loss (PyTorch's drop_last=False); BatchNorm models drop it instead, since
@@ -58,36 +57,39 @@ def make_train_epoch(
     """
     num_batches = num_examples // batch_size if drop_last else math.ceil(num_examples / batch_size)
     padding = max(0, num_batches * batch_size - num_examples)
+    order_key, steps_key = jax.random.split(jax.random.fold_in(data_key, epoch))
+    order = jax.random.permutation(order_key, num_examples)
+    order = jnp.concatenate([order, jnp.zeros(padding, order.dtype)])[: num_batches * batch_size].reshape(num_batches, batch_size)
     mask = (jnp.arange(num_batches * batch_size) < num_examples).reshape(num_batches, batch_size)
+    return order, mask.astype(jnp.float32), jax.random.split(steps_key, num_batches)
 
-    def train_epoch(variables, opt_state, data_key, epoch, x, y):
-        order_key, steps_key = jax.random.split(jax.random.fold_in(data_key, epoch))
-        order = jax.random.permutation(order_key, num_examples)
-        order = jnp.concatenate([order, jnp.zeros(padding, order.dtype)])[: num_batches * batch_size].reshape(num_batches, batch_size)
 
-        def step(carry, batch):
-            variables, opt_state = carry
-            indices, weights, key = batch
-            augment_key, dropout_key = jax.random.split(key)
-            images = inputs.train(augment_key, x[indices])
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, inputs: InputPipeline) -> StepFn:
+    """`step((variables, opt_state), (indices, weights, key), x, y) -> ((variables, opt_state), loss)` for one model."""
 
-            def loss_fn(params):
-                logits, state = model.apply(
-                    {**variables, "params": params}, images, train=True, mutable=["batch_stats"], rngs={"dropout": dropout_key}
-                )
-                losses = optax.softmax_cross_entropy_with_integer_labels(logits, y[indices])
-                return jnp.sum(losses * weights) / jnp.sum(weights), state
+    def step(carry, batch, x, y):
+        variables, opt_state = carry
+        indices, weights, key = batch
+        augment_key, dropout_key = jax.random.split(key)
+        images = inputs.train(augment_key, x[indices])
 
-            (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
-            updates, opt_state = tx.update(grads, opt_state, variables["params"])
-            variables = {**variables, **state, "params": optax.apply_updates(variables["params"], updates)}
-            return (variables, opt_state), loss
+        def loss_fn(params):
+            logits, state = model.apply(
+                {**variables, "params": params}, images, train=True, mutable=["batch_stats"], rngs={"dropout": dropout_key}
+            )
+            losses = optax.softmax_cross_entropy_with_integer_labels(logits, y[indices])
+            return jnp.sum(losses * weights) / jnp.sum(weights), state
 
-        batches = (order, mask, jax.random.split(steps_key, num_batches))
-        (variables, opt_state), losses = jax.lax.scan(step, (variables, opt_state), batches)
-        return variables, opt_state, jnp.mean(losses)
+        (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
+        updates, opt_state = tx.update(grads, opt_state, variables["params"])
+        return ({**variables, **state, "params": optax.apply_updates(variables["params"], updates)}, opt_state), loss
 
-    return train_epoch
+    return step
+
+
+def _groups(num_models: int, models_per_vmap: int) -> list[slice]:
+    width = models_per_vmap or num_models
+    return [slice(start, min(start + width, num_models)) for start in range(0, num_models, width)]
 
 
 def train_models(
@@ -103,40 +105,61 @@ def train_models(
     inputs: InputPipeline,
     drop_last: bool = False,
     models_per_vmap: int = 0,
+    scan_steps: bool = True,
     manager: ocp.CheckpointManager | None = None,
     checkpoint_every: int = 1,
     progress: bool = True,
 ) -> tuple[PyTree, np.ndarray]:
-    """Train the given models together; returns stacked variables and final epoch losses.
+    """Train the given models; returns stacked variables and each model's mean loss in the last epoch.
 
-    With a checkpoint `manager`, the state is saved every `checkpoint_every`
-    epochs (step = epochs done) and training continues from the latest save.
+    Models are vmapped `models_per_vmap` at a time (0: all together) and an
+    epoch is one `lax.scan` (`scan_steps`) or one dispatch per minibatch. Both
+    knobs change speed, never results: XLA's CPU backend runs convolution
+    gradients inside loops and vmaps several times slower than alone, so CNN
+    configs on CPU use one model at a time and no scan. With a checkpoint
+    `manager`, the state is saved every `checkpoint_every` epochs (step =
+    epochs done) and training continues from the latest save.
     """
     init_keys, data_keys = model_keys(seed, model_indices)
     sample = inputs.eval(jnp.asarray(x_train[:1]))
     variables = jax.jit(jax.vmap(lambda k: model.init({"params": k, "dropout": k}, sample, train=False)))(init_keys)
     opt_state = jax.jit(jax.vmap(lambda v: tx.init(v["params"])))(variables)
-    epoch_fn = make_train_epoch(model, tx, batch_size, len(x_train), inputs, drop_last)
+    step = make_train_step(model, tx, inputs)
+    plan = jax.jit(jax.vmap(lambda key, epoch: epoch_plan(key, epoch, len(x_train), batch_size, drop_last), in_axes=(0, None)))
+    run_epoch = jax.jit(
+        jax.vmap(lambda carry, batches, x, y: jax.lax.scan(lambda c, b: step(c, b, x, y), carry, batches), in_axes=(0, 0, None, None)),
+        donate_argnums=0,
+    )
+    run_step = jax.jit(jax.vmap(step, in_axes=(0, 0, None, None)), donate_argnums=0)
 
-    def train_epoch(variables, opt_state, data_keys, epoch, x, y):
-        per_model = lambda state: epoch_fn(*state, epoch, x, y)  # noqa: E731
-        return map_models(per_model, (variables, opt_state, data_keys), models_per_vmap)
-
-    train_epoch = jax.jit(train_epoch, donate_argnums=(0, 1))
     x_train, y_train = jnp.asarray(x_train), jnp.asarray(y_train)
     state = {"variables": variables, "opt_state": opt_state, "losses": jnp.zeros(len(model_indices))}
     start = 0
     if manager is not None and manager.latest_step() is not None:
         start = manager.latest_step()
         state = manager.restore(start, args=ocp.args.StandardRestore(state))
+    groups = _groups(len(model_indices), models_per_vmap)
+    carries = [jax.tree.map(lambda leaf: leaf[group], (state["variables"], state["opt_state"])) for group in groups]
     bar = tqdm(range(start, epochs), desc=f"zoo models {model_indices[0]}-{model_indices[-1]}", disable=not progress, unit="epoch")
     for epoch in bar:
-        variables, opt_state, losses = train_epoch(state["variables"], state["opt_state"], data_keys, epoch, x_train, y_train)
-        state = {"variables": variables, "opt_state": opt_state, "losses": losses}
+        losses = []
+        for number, group in enumerate(groups):
+            batches = plan(data_keys[group], epoch)
+            if scan_steps:
+                carries[number], group_losses = run_epoch(carries[number], batches, x_train, y_train)
+            else:
+                steps = []
+                for index in range(batches[0].shape[1]):
+                    carries[number], loss = run_step(carries[number], jax.tree.map(lambda a: a[:, index], batches), x_train, y_train)
+                    steps.append(loss)
+                group_losses = jnp.stack(steps, axis=1)
+            losses.append(jnp.mean(group_losses, axis=1))
+        stacked = jax.tree.map(lambda *parts: jnp.concatenate(parts), *carries)
+        state = {"variables": stacked[0], "opt_state": stacked[1], "losses": jnp.concatenate(losses)}
         if manager is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
             manager.save(epoch + 1, args=ocp.args.StandardSave(state))
         if progress:
-            bar.set_postfix(loss=f"{float(jnp.mean(losses)):.4f}")
+            bar.set_postfix(loss=f"{float(jnp.mean(state['losses'])):.4f}")
     if manager is not None:
         manager.wait_until_finished()
     return state["variables"], np.asarray(state["losses"])

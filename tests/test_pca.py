@@ -36,7 +36,7 @@ def _streaming(data, num_components, micro_batch=64, **options):
 
 FITTERS = {
     "dual": lambda data, k: pca.fit_dual(jnp.asarray(data, jnp.float32), k),
-    "incremental": lambda data, k: pca.fit_incremental(data, k, batch_size=15),  # 40 rows: the last batch is padded
+    "incremental": lambda data, k: pca.fit_incremental(data, k, batch_size=15),  # 40 rows: a shorter last batch
     "streaming_eigh": _streaming,  # micro_batch 64 does not divide D=300 or 500
     "streaming_randomized": lambda data, k: _streaming(data, k, solver="randomized", key=jax.random.key(1)),
 }
@@ -111,6 +111,8 @@ def test_streaming_from_a_memmap_file_matches_in_memory_dual(tmp_path):
     np.testing.assert_allclose(streamed.mean, in_memory.mean, atol=1e-5)
     np.testing.assert_allclose(_match_signs(streamed.components, in_memory.components), in_memory.components, atol=1e-4)
     np.testing.assert_allclose(streamed.explained_variance, in_memory.explained_variance, rtol=1e-4)
+    with pytest.raises(ValueError, match="shorter"):
+        pca.memmap_reader(tmp_path / "zoo.bin", 41, 300)(0, 64)
 
 
 def test_fit_dispatches_every_method_to_jax_arrays():

@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 from dwf_jax import zoo
 from dwf_jax.augment import input_pipeline
@@ -53,10 +54,14 @@ def test_cosine_schedule_anneals_the_step_size():
     assert all(a >= b for a, b in zip(sizes, sizes[1:]))
 
 
-def test_lax_map_over_models_matches_vmap():
+@pytest.mark.parametrize("models_per_vmap, scan_steps", [(3, True), (1, False), (0, False)])
+def test_dispatch_strategies_give_the_same_zoo(models_per_vmap, scan_steps):
     data = load_dataset("iris")
     common = dict(seed=3, model_indices=np.arange(4), epochs=2, batch_size=16, inputs=input_pipeline("iris"), progress=False)
     tx = zoo.make_optimizer("adam", 1e-2, 0.0)
-    vmapped, _ = zoo.train_models(MLP((16, 3)), tx, data.x_train, data.y_train, models_per_vmap=0, **common)
-    mapped, _ = zoo.train_models(MLP((16, 3)), tx, data.x_train, data.y_train, models_per_vmap=3, **common)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=0), vmapped, mapped)
+    reference, reference_losses = zoo.train_models(MLP((16, 3)), tx, data.x_train, data.y_train, **common)
+    other, losses = zoo.train_models(
+        MLP((16, 3)), tx, data.x_train, data.y_train, models_per_vmap=models_per_vmap, scan_steps=scan_steps, **common
+    )
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=0), reference, other)
+    np.testing.assert_allclose(reference_losses, losses, rtol=1e-5)

@@ -8,11 +8,11 @@ import jax
 import jax.numpy as jnp
 
 from dwf_jax.pca.dual import PCAState, fit_dual, inverse_transform, randomized_top_eigenpairs, top_eigenpairs, transform
-from dwf_jax.pca.incremental import DEFAULT_BATCH_SIZE, IncrementalState, fit_incremental, partial_fit
+from dwf_jax.pca.incremental import DEFAULT_BATCH_SIZE, IncrementalState, first_fit, fit_incremental, partial_fit
 from dwf_jax.pca.streaming import SOLVERS, array_reader, fit_dual_streaming, memmap_reader, write_memmap
 
 __all__ = [
-    "DEFAULT_BATCH_SIZE", "SOLVERS", "IncrementalState", "PCAState", "array_reader", "fit", "fit_dual", "fit_dual_streaming",
+    "DEFAULT_BATCH_SIZE", "SOLVERS", "IncrementalState", "PCAState", "array_reader", "first_fit", "fit", "fit_dual", "fit_dual_streaming",
     "fit_incremental", "inverse_transform", "memmap_reader", "partial_fit", "randomized_top_eigenpairs", "top_eigenpairs",
     "transform", "write_memmap",
 ]

@@ -3,11 +3,13 @@
 Only one batch of rows and a (k + batch + 1, D) stack are ever in memory, so the
 zoo can come from disk or a generator. Each step updates the running mean and
 takes the SVD of [singular values * components; centred batch; mean-correction
-row], exactly as scikit-learn does. One compiled step serves every batch: short
-batches are zero-padded and their real row count is a traced argument.
+row], exactly as scikit-learn does. The first batch is decomposed alone, so no
+step carries k zero rows, and a short last batch is not padded: jit compiles once
+per batch shape (first, full, last) instead of paying for padding at every fit.
 """
 
 from collections.abc import Iterable, Iterator
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -24,11 +26,6 @@ class IncrementalState(NamedTuple):
     components: jax.Array  # (k, D), orthonormal rows (zero rows beyond the rank seen)
     singular_values: jax.Array  # (k,)
     count: jax.Array  # () number of models seen
-
-
-def init(num_components: int, dim: int) -> IncrementalState:
-    """The state before any model: a zero stack makes the first step the general one."""
-    return IncrementalState(jnp.zeros(dim), jnp.zeros((num_components, dim)), jnp.zeros(num_components), jnp.zeros((), jnp.int32))
 
 
 def _eigh64(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -56,31 +53,40 @@ def _wide_svd(matrix: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.where(keep, singular, 0.0), jnp.where(keep[:, None], vectors, 0.0)
 
 
+@partial(jax.jit, static_argnums=1)
+def first_fit(batch: jax.Array, num_components: int) -> IncrementalState:
+    """The state after the first batch (b, D): the SVD of the centred batch, zero rows beyond b."""
+    mean = jnp.mean(batch, axis=0)
+    singular, vectors = _wide_svd(batch - mean)
+    missing = max(num_components - batch.shape[0], 0)
+    singular = jnp.pad(singular, (0, missing))[:num_components]
+    vectors = jnp.pad(vectors, ((0, missing), (0, 0)))[:num_components]
+    return IncrementalState(mean, vectors, singular, jnp.asarray(batch.shape[0], jnp.int32))
+
+
 @jax.jit
-def partial_fit(state: IncrementalState, batch: jax.Array, num_rows: jax.Array) -> IncrementalState:
-    """Fold the first `num_rows` rows of `batch` (b, D) into the state."""
-    valid = (jnp.arange(batch.shape[0]) < num_rows)[:, None]
-    seen, new = state.count.astype(batch.dtype), jnp.asarray(num_rows, batch.dtype)
+def partial_fit(state: IncrementalState, batch: jax.Array) -> IncrementalState:
+    """Fold a batch of models (b, D) into the state."""
+    seen, new = state.count.astype(batch.dtype), batch.shape[0]
     total = seen + new
-    batch_mean = jnp.sum(jnp.where(valid, batch, 0.0), axis=0) / new
+    batch_mean = jnp.mean(batch, axis=0)
     correction = jnp.sqrt(seen * new / total) * (state.mean - batch_mean)
-    stack = jnp.concatenate([state.singular_values[:, None] * state.components, jnp.where(valid, batch - batch_mean, 0.0), correction[None]])
+    stack = jnp.concatenate([state.singular_values[:, None] * state.components, batch - batch_mean, correction[None]])
     singular, vectors = _wide_svd(stack)
     num_components = state.components.shape[0]
     mean = state.mean + (batch_mean - state.mean) * (new / total)
-    return IncrementalState(mean, vectors[:num_components], singular[:num_components], state.count + num_rows)
+    return IncrementalState(mean, vectors[:num_components], singular[:num_components], state.count + new)
 
 
 def to_pca_state(state: IncrementalState) -> PCAState:
     return PCAState(state.mean, state.components, state.singular_values**2 / (state.count - 1))
 
 
-def _padded_batches(source: jax.Array | np.ndarray | Iterable, batch_size: int) -> Iterator[tuple[jax.Array, int]]:
-    """(batch_size, D) device batches and their real row counts, from an array or an iterable of row blocks."""
+def _batches(source: jax.Array | np.ndarray | Iterable, batch_size: int) -> Iterator[jax.Array]:
+    """float32 device batches of at most batch_size rows, from an array or an iterable of row blocks."""
     for chunk in (source,) if hasattr(source, "shape") else source:
         for start in range(0, len(chunk), batch_size):
-            rows = jnp.asarray(chunk[start : start + batch_size], jnp.float32)
-            yield jnp.pad(rows, ((0, batch_size - len(rows)), (0, 0))), len(rows)
+            yield jnp.asarray(chunk[start : start + batch_size], jnp.float32)
 
 
 def fit_incremental(
@@ -90,10 +96,13 @@ def fit_incremental(
 
     Unlike scikit-learn, a batch may hold fewer rows than `num_components`.
     """
-    state = None
-    for batch, num_rows in _padded_batches(weights_or_batches, batch_size):
-        state = init(num_components, batch.shape[1]) if state is None else state
-        state = partial_fit(state, batch, num_rows)
-    if state is None or int(state.count) < 2:
+    batches = _batches(weights_or_batches, batch_size)
+    first = next(batches, None)
+    if first is None:
+        raise ValueError("incremental PCA needs at least 2 models")
+    state = first_fit(first, num_components)
+    for batch in batches:
+        state = partial_fit(state, batch)
+    if int(state.count) < 2:
         raise ValueError("incremental PCA needs at least 2 models")
     return to_pca_state(state)

@@ -28,14 +28,21 @@ def array_reader(weights: np.ndarray | jax.Array) -> Reader:
 
 
 def memmap_reader(path: str | os.PathLike, num_models: int, dim: int, dtype: np.dtype = np.float32) -> Reader:
-    """Column blocks of a raw row-major (N, D) file, as written by `write_memmap`.
+    """Column blocks of a raw row-major (N, D) file, the layout np.memmap and `write_memmap` use.
 
-    The file is mapped anew for each block and the block copied out, so the pages it
-    touched leave this process's resident set when the map closes.
+    Each block is read with one positioned read per model into a fresh array rather than
+    through a map: no page faults, and the file's pages never join this process's RSS.
     """
+    itemsize = np.dtype(dtype).itemsize
 
     def read(start: int, stop: int) -> np.ndarray:
-        return np.array(np.memmap(path, dtype, mode="r", shape=(num_models, dim))[:, start:stop])
+        block = np.empty((num_models, stop - start), dtype)
+        with open(path, "rb", buffering=0) as file:
+            for row in range(num_models):
+                file.seek((row * dim + start) * itemsize)
+                if file.readinto(memoryview(block[row]).cast("B")) != block[row].nbytes:
+                    raise ValueError(f"{path} is shorter than {num_models} x {dim} {np.dtype(dtype).name}")
+        return block
 
     return read
 
@@ -107,15 +114,17 @@ def _output(num_components: int, dim: int, path: str | os.PathLike | None) -> tu
 
         return write, lambda: out
 
-    def map_file(mode: str) -> np.memmap:
-        return np.memmap(path, np.float32, mode=mode, shape=(num_components, dim))
-
-    map_file("w+").flush()
+    np.memmap(path, np.float32, mode="w+", shape=(num_components, dim)).flush()
 
     def write_file(start: int, values: np.ndarray) -> None:
-        map_file("r+")[:, start : start + values.shape[1]] = values  # unmapped at once: dirty pages go to the page cache, not RSS
+        """One positioned write per component row: the output's pages stay out of this process's RSS."""
+        values = np.ascontiguousarray(values, np.float32)
+        with open(path, "r+b", buffering=0) as file:
+            for row in range(num_components):
+                file.seek((row * dim + start) * 4)
+                values[row].tofile(file)
 
-    return write_file, lambda: map_file("r")
+    return write_file, lambda: np.memmap(path, np.float32, mode="r", shape=(num_components, dim))
 
 
 def fit_dual_streaming(
