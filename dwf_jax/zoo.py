@@ -140,26 +140,33 @@ def train_models(
         state = manager.restore(start, args=ocp.args.StandardRestore(state))
     groups = _groups(len(model_indices), models_per_vmap)
     carries = [jax.tree.map(lambda leaf: leaf[group], (state["variables"], state["opt_state"])) for group in groups]
-    bar = tqdm(range(start, epochs), desc=f"zoo models {model_indices[0]}-{model_indices[-1]}", disable=not progress, unit="epoch")
-    for epoch in bar:
-        losses = []
-        for number, group in enumerate(groups):
-            batches = plan(data_keys[group], epoch)
-            if scan_steps:
-                carries[number], group_losses = run_epoch(carries[number], batches, x_train, y_train)
-            else:
-                steps = []
-                for index in range(batches[0].shape[1]):
-                    carries[number], loss = run_step(carries[number], jax.tree.map(lambda a: a[:, index], batches), x_train, y_train)
-                    steps.append(loss)
-                group_losses = jnp.stack(steps, axis=1)
-            losses.append(jnp.mean(group_losses, axis=1))
+    num_batches = len(x_train) // batch_size if drop_last else math.ceil(len(x_train) / batch_size)
+    bar = tqdm(
+        total=(epochs - start) * num_batches, desc=f"zoo models {model_indices[0]}-{model_indices[-1]}", disable=not progress, unit="step"
+    )
+    for epoch in range(start, epochs):
+        plans = [plan(data_keys[group], epoch) for group in groups]
+        if scan_steps:
+            results = [run_epoch(carry, batches, x_train, y_train) for carry, batches in zip(carries, plans)]
+            carries, losses = [r[0] for r in results], jnp.concatenate([r[1] for r in results])
+            bar.update(num_batches)
+        else:
+            steps = []
+            for index in range(num_batches):
+                results = [
+                    run_step(carry, jax.tree.map(lambda a: a[:, index], batches), x_train, y_train) for carry, batches in zip(carries, plans)
+                ]
+                carries = [r[0] for r in results]
+                steps.append(jnp.concatenate([r[1] for r in results]))
+                bar.update(1)
+            losses = jnp.stack(steps, axis=1)
         stacked = jax.tree.map(lambda *parts: jnp.concatenate(parts), *carries)
-        state = {"variables": stacked[0], "opt_state": stacked[1], "losses": jnp.concatenate(losses)}
+        state = {"variables": stacked[0], "opt_state": stacked[1], "losses": jnp.mean(losses, axis=1)}
         if manager is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
             manager.save(epoch + 1, args=ocp.args.StandardSave(state))
         if progress:
-            bar.set_postfix(loss=f"{float(jnp.mean(state['losses'])):.4f}")
+            bar.set_postfix(epoch=epoch + 1, loss=f"{float(jnp.mean(state['losses'])):.4f}")
+    bar.close()
     if manager is not None:
         manager.wait_until_finished()
     return state["variables"], np.asarray(state["losses"])
