@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import platform
+import subprocess
 import sys
 
 import jax
@@ -21,9 +22,18 @@ def machine() -> dict:
     }
 
 
-def provenance(wall_seconds: float) -> dict:
+def code_version() -> str:
+    """The commit the run started from, marked dirty when the work tree had changes."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+    return f"{commit or 'unknown'}{' (dirty)' if dirty else ''}"
+
+
+def provenance(wall_seconds: float, code: str) -> dict:
     return {
         "command": "python " + " ".join(sys.argv),
+        "code": code,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
         "wall_seconds": round(wall_seconds, 1),

@@ -34,6 +34,7 @@ def run_row(name: str) -> dict:
     config.data.dir = FLAGS.data_dir
     if name in FLAGS.pca_datasets:
         config.pca.update(method="dual", components=config.zoo.num_models - 1)
+    code = common.code_version()
     start = time.perf_counter()
     result = pipeline.run(config, pathlib.Path(FLAGS.workdirs) / f"table4_{name}", progress=True)
     result["row_wall_seconds_this_invocation"] = round(time.perf_counter() - start, 1)
@@ -46,7 +47,7 @@ def markdown(rows: dict, provenance: dict) -> str:
         "# Table 4, MLP rows (with Git Re-Basin)",
         "",
         f"Command: `{provenance['command']}`  ",
-        f"Date: {provenance['date']}  ",
+        f"Date: {provenance['date']}; code: {provenance['code']}  ",
         f"Machine: {provenance['machine']['platform']}, {provenance['machine']['cpu_count']} CPUs, jax {provenance['machine']['jax']} on {provenance['machine']['devices']}  ",
         f"Wall time of this invocation: {provenance['wall_seconds']} s (stages done earlier are loaded, their own times are below)",
         "",
@@ -71,7 +72,7 @@ def main(argv: list[str]) -> None:
     logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
     start = time.perf_counter()
     rows = {name: run_row(name) for name in FLAGS.datasets}
-    provenance = common.provenance(time.perf_counter() - start)
+    provenance = common.provenance(time.perf_counter() - start, code)
     common.write_results("table4_mlp", {"provenance": provenance, "rows": rows}, markdown(rows, provenance))
 
 

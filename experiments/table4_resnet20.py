@@ -42,7 +42,7 @@ def markdown(result: dict, provenance: dict) -> str:
         f"# Table 4 ({FLAGS.model}, CIFAR-10) and Table 7 (BN recalibration)",
         "",
         f"Command: `{provenance['command']}`  ",
-        f"Date: {provenance['date']}  ",
+        f"Date: {provenance['date']}; code: {provenance['code']}  ",
         f"Machine: {provenance['machine']['platform']}, {provenance['machine']['cpu_count']} CPUs, jax {provenance['machine']['jax']} on {provenance['machine']['devices']}  ",
         f"Wall time of this invocation: {provenance['wall_seconds']} s; stage times (s): "
         + ", ".join(f"{stage} {seconds:.0f}" for stage, seconds in result["timings"].items()),
@@ -73,11 +73,12 @@ def main(argv: list[str]) -> None:
     config.flow.iterations = FLAGS.flow_iterations
     if FLAGS.models_per_vmap is not None:
         config.models_per_vmap = FLAGS.models_per_vmap
+    code = common.code_version()
     start = time.perf_counter()
     workdir = pathlib.Path(FLAGS.workdirs) / f"table4_{FLAGS.model}_n{FLAGS.num_models}_e{config.zoo.epochs}"
     result = pipeline.run(config, workdir, progress=True)
     result["zoo_epochs"] = config.zoo.epochs
-    provenance = common.provenance(time.perf_counter() - start)
+    provenance = common.provenance(time.perf_counter() - start, code)
     common.write_results(f"table4_{FLAGS.model}", {"provenance": provenance, "result": result}, markdown(result, provenance))
 
 

@@ -48,6 +48,7 @@ def run_space(name: str, space: str) -> dict:
             workdir.mkdir(parents=True, exist_ok=True)
             shutil.copytree(source / stage, workdir / stage)
             logging.info("reusing %s from %s", stage, source)
+    code = common.code_version()
     start = time.perf_counter()
     result = pipeline.run(config, workdir, progress=True)
     result["wall_seconds_this_invocation"] = round(time.perf_counter() - start, 1)
@@ -59,7 +60,7 @@ def markdown(rows: list[dict], provenance: dict) -> str:
         "# Table 8: full weights vs PCA (with Git Re-Basin)",
         "",
         f"Command: `{provenance['command']}`  ",
-        f"Date: {provenance['date']}  ",
+        f"Date: {provenance['date']}; code: {provenance['code']}  ",
         f"Machine: {provenance['machine']['platform']}, {provenance['machine']['cpu_count']} CPUs, jax {provenance['machine']['jax']} on {provenance['machine']['devices']}  ",
         f"Wall time of this invocation: {provenance['wall_seconds']} s",
         "",
@@ -89,7 +90,7 @@ def main(argv: list[str]) -> None:
         if table4_report.exists():
             rows.append(json.loads(table4_report.read_text()))  # the Table 4 run of the same zoo, in its own space
         rows += [run_space(name, space) for space in FLAGS.spaces]
-    provenance = common.provenance(time.perf_counter() - start)
+    provenance = common.provenance(time.perf_counter() - start, code)
     common.write_results("table8_pca", {"provenance": provenance, "rows": rows}, markdown(rows, provenance))
 
 
