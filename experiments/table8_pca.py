@@ -48,7 +48,6 @@ def run_space(name: str, space: str) -> dict:
             workdir.mkdir(parents=True, exist_ok=True)
             shutil.copytree(source / stage, workdir / stage)
             logging.info("reusing %s from %s", stage, source)
-    code = common.code_version()
     start = time.perf_counter()
     result = pipeline.run(config, workdir, progress=True)
     result["wall_seconds_this_invocation"] = round(time.perf_counter() - start, 1)
@@ -83,6 +82,7 @@ def main(argv: list[str]) -> None:
     del argv
     logging.set_verbosity(logging.INFO)
     logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
+    code = common.code_version()
     start = time.perf_counter()
     rows = []
     for name in FLAGS.datasets:
