@@ -34,7 +34,6 @@ def run_row(name: str) -> dict:
     config.data.dir = FLAGS.data_dir
     if name in FLAGS.pca_datasets:
         config.pca.update(method="dual", components=config.zoo.num_models - 1)
-    code = common.code_version()
     start = time.perf_counter()
     result = pipeline.run(config, pathlib.Path(FLAGS.workdirs) / f"table4_{name}", progress=True)
     result["row_wall_seconds_this_invocation"] = round(time.perf_counter() - start, 1)
@@ -70,6 +69,7 @@ def main(argv: list[str]) -> None:
     del argv
     logging.set_verbosity(logging.INFO)
     logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
+    code = common.code_version()
     start = time.perf_counter()
     rows = {name: run_row(name) for name in FLAGS.datasets}
     provenance = common.provenance(time.perf_counter() - start, code)
