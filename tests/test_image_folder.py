@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 import pytest
-from tarfiles import LAYOUT, write_image_folder_tar
+from tarfiles import write_image_folder_tar
 
 from dwf_jax import image_folder
 
