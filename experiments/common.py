@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import jax
+from absl import logging
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 
@@ -44,3 +45,19 @@ def write_results(name: str, payload: dict, markdown: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown)
+
+
+def log_stages() -> None:
+    """INFO logging for the pipeline's stage lines, without orbax's per-save chatter."""
+    logging.set_verbosity(logging.INFO)
+    logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
+
+
+def provenance_lines(provenance: dict) -> list[str]:
+    """The command, date, code version and machine lines every result file starts with."""
+    machine = provenance["machine"]
+    return [
+        f"Command: `{provenance['command']}`  ",
+        f"Date: {provenance['date']}; code: {provenance['code']}  ",
+        f"Machine: {machine['platform']}, {machine['cpu_count']} CPUs, jax {machine['jax']} on {machine['devices']}  ",
+    ]

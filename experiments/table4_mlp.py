@@ -10,7 +10,7 @@ import pathlib
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
@@ -45,9 +45,7 @@ def markdown(rows: dict, provenance: dict) -> str:
     lines = [
         "# Table 4, MLP rows (with Git Re-Basin)",
         "",
-        f"Command: `{provenance['command']}`  ",
-        f"Date: {provenance['date']}; code: {provenance['code']}  ",
-        f"Machine: {provenance['machine']['platform']}, {provenance['machine']['cpu_count']} CPUs, jax {provenance['machine']['jax']} on {provenance['machine']['devices']}  ",
+        *common.provenance_lines(provenance),
         f"Wall time of this invocation: {provenance['wall_seconds']} s (stages done earlier are loaded, their own times are below)",
         "",
         "| dataset | h | flow space | original (%) | generated (%) | paper original | paper generated | stage times (s) |",
@@ -67,8 +65,7 @@ def markdown(rows: dict, provenance: dict) -> str:
 
 def main(argv: list[str]) -> None:
     del argv
-    logging.set_verbosity(logging.INFO)
-    logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
+    common.log_stages()
     code = common.code_version()
     start = time.perf_counter()
     rows = {name: run_row(name) for name in FLAGS.datasets}

@@ -12,7 +12,7 @@ import pathlib
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
@@ -41,9 +41,7 @@ def markdown(result: dict, provenance: dict) -> str:
     return "\n".join([
         f"# Table 4 ({FLAGS.model}, CIFAR-10) and Table 7 (BN recalibration)",
         "",
-        f"Command: `{provenance['command']}`  ",
-        f"Date: {provenance['date']}; code: {provenance['code']}  ",
-        f"Machine: {provenance['machine']['platform']}, {provenance['machine']['cpu_count']} CPUs, jax {provenance['machine']['jax']} on {provenance['machine']['devices']}  ",
+        *common.provenance_lines(provenance),
         f"Wall time of this invocation: {provenance['wall_seconds']} s; stage times (s): "
         + ", ".join(f"{stage} {seconds:.0f}" for stage, seconds in result["timings"].items()),
         f"Data: {result['dataset']['source']}",
@@ -63,8 +61,7 @@ def markdown(result: dict, provenance: dict) -> str:
 
 def main(argv: list[str]) -> None:
     del argv
-    logging.set_verbosity(logging.INFO)
-    logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
+    common.log_stages()
     config = CONFIGS[FLAGS.model].get_config()
     config.data.dir = FLAGS.data_dir
     config.zoo.num_models = FLAGS.num_models

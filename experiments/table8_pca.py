@@ -58,9 +58,7 @@ def markdown(rows: list[dict], provenance: dict) -> str:
     lines = [
         "# Table 8: full weights vs PCA (with Git Re-Basin)",
         "",
-        f"Command: `{provenance['command']}`  ",
-        f"Date: {provenance['date']}; code: {provenance['code']}  ",
-        f"Machine: {provenance['machine']['platform']}, {provenance['machine']['cpu_count']} CPUs, jax {provenance['machine']['jax']} on {provenance['machine']['devices']}  ",
+        *common.provenance_lines(provenance),
         f"Wall time of this invocation: {provenance['wall_seconds']} s",
         "",
         "| dataset | flow space | flow params | flow time (s) | original (%) | generated (%) | generated min (%) | nearest-original distance (generated / originals) |",
@@ -80,8 +78,7 @@ def markdown(rows: list[dict], provenance: dict) -> str:
 
 def main(argv: list[str]) -> None:
     del argv
-    logging.set_verbosity(logging.INFO)
-    logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
+    common.log_stages()
     code = common.code_version()
     start = time.perf_counter()
     rows = []
