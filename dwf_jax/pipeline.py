@@ -17,9 +17,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from dwf_jax import bn_recalibration, checkpoints, pca, permutations, report, zoo
+from dwf_jax import bn_recalibration, checkpoints, pca, report, zoo
 from dwf_jax.augment import input_pipeline
 from dwf_jax.bn_recalibration import calibration_batches
+from dwf_jax.canonical import align_models
 from dwf_jax.config import pca_components, validate_config
 from dwf_jax.data import Dataset, load_dataset
 from dwf_jax.checkpoints import CheckpointError
@@ -84,19 +85,13 @@ def train_zoo_stage(
 
 def canonicalize_stage(config: ml_collections.ConfigDict, variables: PyTree, evaluate: Evaluator) -> PyTree:
     """Git Re-Basin weight matching of every model to the reference model."""
-    num_models = config.zoo.num_models
-    reference = unstack(variables, config.canonical.reference)
-    spec = permutation_spec(config.model)
-    permutations.validate(spec, reference)
-    key = jax.random.fold_in(jax.random.key(config.seed), 1)
-    aligned = []
-    for index in range(num_models):
-        params = unstack(variables, index)
-        if index != config.canonical.reference and config.canonical.method == "rebasin":
-            match = permutations.weight_matching(jax.random.fold_in(key, index), spec, reference, params, max_iter=config.canonical.max_iter)
-            params = permutations.apply_permutation(spec, match.perms, params)
-        aligned.append(params)
-    canonical = jax.tree.map(lambda *leaves: np.stack(leaves), *aligned)
+    models = (unstack(variables, index) for index in range(config.zoo.num_models))
+    if config.canonical.method == "rebasin":
+        reference = unstack(variables, config.canonical.reference)
+        key = jax.random.fold_in(jax.random.key(config.seed), 1)
+        spec = permutation_spec(config.model)
+        models = align_models(key, spec, reference, models, config.canonical.reference, config.canonical.max_iter)
+    canonical = jax.tree.map(lambda *leaves: np.stack(leaves), *models)
     return {"variables": canonical, "test_accuracy": evaluate(canonical)}
 
 
