@@ -28,6 +28,7 @@ flags.DEFINE_integer("epochs", None, "Zoo epochs (default: the config's, Table 1
 flags.DEFINE_integer("num_samples", 100, "Generated models.")
 flags.DEFINE_integer("flow_iterations", 30_000, "Flow training iterations.")
 flags.DEFINE_integer("models_per_vmap", None, "Models vmapped together (default: the config's; 0 = all, good on GPU).")
+flags.DEFINE_enum("pca", None, ["none", "dual", "incremental"], "Flow space (default: the config's; dual keeps N-1 components).")
 flags.DEFINE_string("workdirs", "experiments/workdirs", "Where the stages are kept.")
 
 CONFIGS = {"resnet20": resnet20, "smallcnn": smallcnn}
@@ -68,11 +69,15 @@ def main(argv: list[str]) -> None:
     config.zoo.epochs = FLAGS.epochs or config.zoo.epochs
     config.sample.num_samples = FLAGS.num_samples
     config.flow.iterations = FLAGS.flow_iterations
+    if FLAGS.pca is not None:
+        config.pca.method = FLAGS.pca
     if FLAGS.models_per_vmap is not None:
         config.models_per_vmap = FLAGS.models_per_vmap
     code = common.code_version()
     start = time.perf_counter()
     workdir = pathlib.Path(FLAGS.workdirs) / f"table4_{FLAGS.model}_n{FLAGS.num_models}_e{config.zoo.epochs}"
+    if FLAGS.pca is not None:
+        workdir = workdir.with_name(f"{workdir.name}_{FLAGS.pca}")
     result = pipeline.run(config, workdir, progress=True)
     result["zoo_epochs"] = config.zoo.epochs
     provenance = common.provenance(time.perf_counter() - start, code)
