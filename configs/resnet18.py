@@ -8,7 +8,8 @@ def get_config():
     config.data.name = "cifar10"
     config.model.name = "resnet18"
     config.zoo.update(
-        epochs=100, batch_size=128, optimizer="sgd", learning_rate=0.1, weight_decay=5e-4, schedule="cosine", drop_last=True, models_per_chunk=2
+        epochs=100, batch_size=128, optimizer="sgd", learning_rate=0.1, weight_decay=5e-4, schedule="cosine", drop_last=True, models_per_chunk=2,
+        on_disk=True,  # 100 models x 11.18M weights = 4.5 GB per copy of the zoo: keep the zoo-sized arrays in files
     )
     config.pca.update(method="dual", components=-1)
     config.flow.update(hidden=1024, time_embed_dim=128, dropout=0.1)

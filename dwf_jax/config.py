@@ -48,6 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.zoo.models_per_chunk = 100
     config.zoo.checkpoint_every = 1  # epochs
     config.zoo.scan_steps = True  # one lax.scan per epoch; False: one dispatch per minibatch (CNNs on CPU)
+    config.zoo.on_disk = False  # zoo-sized arrays as files in the workdir, never all in memory (needs pca.method dual)
 
     config.canonical = ml_collections.ConfigDict()
     config.canonical.method = "rebasin"
@@ -133,6 +134,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             config.pca.components == -1 or 1 <= config.pca.components <= zoo.num_models - 1,
             f"pca.components={config.pca.components} must be -1 (all) or in [1, zoo.num_models - 1 = {zoo.num_models - 1}]",
         )
+    _check(
+        not zoo.on_disk or config.pca.method == "dual",
+        f"zoo.on_disk needs pca.method='dual', got {config.pca.method!r} (the flow cannot hold full weights of a zoo that does not fit in memory)",
+    )
     _check(config.pca.batch_size >= 1, f"pca.batch_size={config.pca.batch_size} must be >= 1")
     _check(config.pca.micro_batch >= 0, f"pca.micro_batch={config.pca.micro_batch} must be >= 0 (0 = the whole zoo at once)")
     _check_choice(config.pca.solver, ("eigh", "randomized"), "pca.solver")

@@ -47,15 +47,15 @@ def pairwise_distances(a: jax.Array, b: jax.Array) -> jax.Array:
     return jax.lax.map(lambda row: jnp.linalg.norm(b - row, axis=1), a)
 
 
-def novelty(generated: jax.Array, originals: jax.Array) -> dict[str, dict[str, float]]:
+def novelty(to_originals: np.ndarray, among_originals: np.ndarray) -> dict[str, dict[str, float]]:
     """Each generated model's distance to its nearest original, beside the originals' own nearest-neighbour distances.
 
+    Takes the (M, N) generated-to-original and (N, N) original-to-original distances.
     Generated models far closer to an original than originals are to each other
     would be memorised copies rather than new networks.
     """
-    to_originals = np.asarray(jnp.min(pairwise_distances(generated, originals), axis=1))
-    among_originals = np.asarray(pairwise_distances(originals, originals)) + np.diag(np.full(len(originals), np.inf))
+    among_others = np.asarray(among_originals) + np.diag(np.full(len(among_originals), np.inf))
     return {
-        "generated_to_nearest_original": summary(to_originals),
-        "original_to_nearest_other_original": summary(among_originals.min(axis=1)),
+        "generated_to_nearest_original": summary(np.min(to_originals, axis=1)),
+        "original_to_nearest_other_original": summary(among_others.min(axis=1)),
     }

@@ -1,7 +1,7 @@
 """report.json, a readable summary, and a figure of original vs generated accuracy."""
 
 import pathlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import ml_collections
 import numpy as np
@@ -9,10 +9,34 @@ from matplotlib.figure import Figure
 
 from dwf_jax import checkpoints, flow
 from dwf_jax.data import Dataset
-from dwf_jax.evaluate import novelty, summary
+from dwf_jax.evaluate import novelty, pairwise_distances, summary
 
 REPORT_FILE = "report.json"
 FIGURE_FILE = "accuracy.png"
+
+
+class Distances(NamedTuple):
+    """The weight-space distances the report summarises: computed from matrices in memory, or streamed from zoo files."""
+
+    num_params: int
+    to_reference_before: np.ndarray  # (N,) original models to the original reference model
+    to_reference_after: np.ndarray  # (N,) canonical models to the canonical reference model
+    num_nonfinite: int  # generated models with NaN/Inf weights, left out of the novelty
+    generated_to_canonical: np.ndarray  # (M finite, N)
+    canonical_to_canonical: np.ndarray  # (N, N)
+
+
+def distances_in_memory(reference: int, original: np.ndarray, canonical: np.ndarray, generated: np.ndarray) -> Distances:
+    """`Distances` of (N, D), (N, D) and (M, D) weight matrices."""
+    finite = np.all(np.isfinite(generated), axis=1)
+    return Distances(
+        num_params=int(original.shape[1]),
+        to_reference_before=np.linalg.norm(original - original[reference], axis=1),
+        to_reference_after=np.linalg.norm(canonical - canonical[reference], axis=1),
+        num_nonfinite=int(np.sum(~finite)),
+        generated_to_canonical=np.asarray(pairwise_distances(generated[finite], canonical)) if finite.any() else np.zeros((0, len(canonical))),
+        canonical_to_canonical=np.asarray(pairwise_distances(canonical, canonical)),
+    )
 
 
 def build_report(
@@ -21,9 +45,7 @@ def build_report(
     dataset: Dataset,
     original_accuracy: np.ndarray,
     canonical_accuracy: np.ndarray,
-    original_weights: np.ndarray,
-    canonical_weights: np.ndarray,
-    generated_weights: np.ndarray,
+    distances: Distances,
     generated_accuracy: dict[str, np.ndarray],
     flow: dict[str, Any],
     weight_space: str,
@@ -34,18 +56,16 @@ def build_report(
     `generated_accuracy` has "as_generated" and, for BatchNorm models,
     "bn_recalibrated"; the headline accuracy is the last one computed.
     """
-    finite = np.all(np.isfinite(generated_weights), axis=1)
     final_accuracy = generated_accuracy.get("bn_recalibrated", generated_accuracy["as_generated"])
-    reference = original_weights[config.canonical.reference]
     return {
         "dataset": {"name": dataset.name, "source": dataset.source, "train": len(dataset.x_train), "test": len(dataset.x_test)},
-        "model": {"name": config.model.name, "features": list(config.model.features), "num_params": int(original_weights.shape[1])},
+        "model": {"name": config.model.name, "features": list(config.model.features), "num_params": distances.num_params},
         "original": {"num_models": len(original_accuracy), "accuracy": summary(original_accuracy), "per_model": np.round(original_accuracy, 4).tolist()},
         "canonicalization": {
             "method": config.canonical.method,
             "max_accuracy_change": float(np.max(np.abs(canonical_accuracy - original_accuracy))),
-            "distance_to_reference_before": summary(np.linalg.norm(original_weights - reference, axis=1)),
-            "distance_to_reference_after": summary(np.linalg.norm(canonical_weights - canonical_weights[config.canonical.reference], axis=1)),
+            "distance_to_reference_before": summary(distances.to_reference_before),
+            "distance_to_reference_after": summary(distances.to_reference_after),
         },
         "flow": {
             "weight_space": weight_space,
@@ -55,14 +75,14 @@ def build_report(
         },
         "generated": {
             "num_samples": len(final_accuracy),
-            "num_nonfinite": int(np.sum(~finite)),
+            "num_nonfinite": distances.num_nonfinite,
             "accuracy": summary(final_accuracy),
             "per_model": np.round(final_accuracy, 4).tolist(),
             **bn_section(config, generated_accuracy),
             "ode_method": config.sample.method,
             "ode_steps": config.sample.steps,
             "nfe": flow_nfe(config),
-            "novelty": novelty(generated_weights[finite], canonical_weights) if finite.any() else {},
+            "novelty": novelty(distances.generated_to_canonical, distances.canonical_to_canonical) if len(distances.generated_to_canonical) else {},
         },
         "timings": {name: round(seconds, 3) for name, seconds in timings.items()},
     }

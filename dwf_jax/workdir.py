@@ -10,6 +10,7 @@ from typing import Iterator
 import ml_collections
 
 from dwf_jax.checkpoints import save_json
+from dwf_jax.config import base_config
 
 CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"
@@ -77,13 +78,18 @@ def record_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> N
 
 
 def check_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
-    """Refuse, without writing anything, a workdir that an other config made."""
+    """Refuse, without writing anything, a workdir that an other config made.
+
+    A key the recorded config lacks counts as its base_config default: workdirs made
+    before that key existed stay usable while the new key keeps its default.
+    """
     path = workdir / CONFIG_FILE
     if not path.exists():
         return
+    defaults = _flatten(config_as_dict(base_config()))
     recorded = _flatten(json.loads(path.read_text()))
     now = _flatten(config_as_dict(config))
-    differences = sorted(key for key in recorded.keys() | now.keys() if recorded.get(key) != now.get(key))
+    differences = sorted(key for key in recorded.keys() | now.keys() if recorded.get(key, defaults.get(key)) != now.get(key))
     if differences:
         details = ", ".join(f"{key}: {recorded.get(key)!r} -> {now.get(key)!r}" for key in differences[:5])
         raise WorkdirConfigMismatch(

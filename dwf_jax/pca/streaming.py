@@ -5,9 +5,12 @@ centred by its own column means, so pass 1 reads `micro_batch` columns at a time
 keeps their means and adds Xc_b Xc_b^T to the N x N Gram matrix. Pass 2 reads the
 blocks again and writes components[:, b] = V^T Xc_b / sqrt(lambda). Peak memory is a
 few N x micro_batch blocks, the (D,) mean and the (k, D) output, which can be a file.
+The same block passes project a zoo onto the components, write generated weights to a
+file and measure distances between models, for zoos that never fit in memory.
 """
 
 import os
+import pathlib
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import Any
@@ -45,6 +48,18 @@ def memmap_reader(path: str | os.PathLike, num_models: int, dim: int, dtype: np.
         return block
 
     return read
+
+
+def stacked_reader(*readers: Reader) -> Reader:
+    """Column blocks of several readers stacked row-wise: one padded block carries all a step needs."""
+    return lambda start, stop: np.concatenate([np.asarray(read(start, stop), np.float32) for read in readers])
+
+
+def matrix_reader(matrix: np.ndarray | jax.Array) -> Reader:
+    """Column blocks of a (rows, D) matrix: positioned reads for a raw-file memmap (pages stay out of RSS), slices otherwise."""
+    if isinstance(matrix, np.memmap) and matrix.offset == 0:
+        return memmap_reader(matrix.filename, *matrix.shape)
+    return array_reader(matrix)
 
 
 def write_memmap(path: str | os.PathLike, rows: Iterable[np.ndarray], dim: int, dtype: np.dtype = np.float32) -> int:
@@ -162,3 +177,65 @@ def fit_dual_streaming(
     for start, stop, part in _map_blocks(project, read_columns, num_models, dim, micro_batch):
         write(start, np.asarray(part)[:, : stop - start])
     return PCAState(np.concatenate(means), result(), np.asarray(eigenvalues / (num_models - 1)))
+
+
+@partial(jax.jit, static_argnames="num_models")
+def _block_coefficients(block: jax.Array, num_models: int) -> jax.Array:
+    """This block's share (X_b - mean_b) C_b^T of the coefficients; zero-padded columns add nothing."""
+    weights, components, mean = block[:num_models], block[num_models:-1], block[-1]
+    return (weights - mean) @ components.T
+
+
+def transform_streaming(state: PCAState, read_columns: Reader, num_models: int, dim: int, micro_batch: int) -> np.ndarray:
+    """`pca.transform` of a zoo read in column blocks: (N, k) coefficients, summed over blocks of zoo, components and mean."""
+    micro_batch = min(micro_batch, dim)
+    reader = stacked_reader(read_columns, matrix_reader(state.components), lambda start, stop: np.asarray(state.mean)[None, start:stop])
+    coefficients = jnp.zeros((num_models, state.components.shape[0]))
+    step = partial(_block_coefficients, num_models=num_models)
+    for _, _, part in _map_blocks(step, reader, num_models + state.components.shape[0] + 1, dim, micro_batch):
+        coefficients = coefficients + part
+    return np.asarray(coefficients)
+
+
+@jax.jit
+def _block_weights(coefficients: jax.Array, block: jax.Array) -> jax.Array:
+    """This block's columns mean_b + coefficients C_b of the weights."""
+    return coefficients @ block[:-1] + block[-1]
+
+
+def inverse_transform_to_file(state: PCAState, coefficients: np.ndarray | jax.Array, path: str | os.PathLike, micro_batch: int) -> np.memmap:
+    """`pca.inverse_transform` written column block by column block into a raw (M, D) float32 file, returned read-only.
+
+    Only the (M, k) coefficients and a block are in memory. The file is written beside
+    its final name and renamed when complete, so it exists only whole.
+    """
+    path = pathlib.Path(path)
+    partial_path = path.with_name(path.name + ".partial")
+    num_samples, (num_components, dim) = len(coefficients), state.components.shape
+    write, _ = _output(num_samples, dim, partial_path)
+    reader = stacked_reader(matrix_reader(state.components), lambda start, stop: np.asarray(state.mean)[None, start:stop])
+    step = partial(_block_weights, jnp.asarray(coefficients, jnp.float32))
+    for start, stop, part in _map_blocks(step, reader, num_components + 1, dim, min(micro_batch, dim)):
+        write(start, np.asarray(part)[:, : stop - start])
+    os.replace(partial_path, path)
+    return np.memmap(path, np.float32, mode="r", shape=(num_samples, dim))
+
+
+@partial(jax.jit, static_argnames="num_targets")
+def _block_squared_distances(block: jax.Array, num_targets: int) -> jax.Array:
+    """Squared distances within this block from every row to each of the first `num_targets` rows, one row at a time."""
+    targets = block[:num_targets]
+    return jax.lax.map(lambda row: jnp.sum(jnp.square(targets - row), axis=1), block)
+
+
+def pairwise_distances_streaming(read_columns: Reader, num_rows: int, dim: int, micro_batch: int, num_targets: int) -> np.ndarray:
+    """Euclidean distances (num_rows, num_targets) from every row to each of the first `num_targets` rows.
+
+    Squared differences are summed block by block (float64 across blocks), never as
+    |a|^2 + |b|^2 - 2ab, so identical rows are exactly 0 apart as in `evaluate.pairwise_distances`.
+    """
+    total = np.zeros((num_rows, num_targets))
+    step = partial(_block_squared_distances, num_targets=num_targets)
+    for _, _, part in _map_blocks(step, read_columns, num_rows, dim, min(micro_batch, dim)):
+        total += np.asarray(part)
+    return np.sqrt(total)
