@@ -8,6 +8,7 @@ experiments/workdirs/, so an interrupted run resumes. Writes
 experiments/results/table4_<model>.{md,json}.
 """
 
+import json
 import pathlib
 import sys
 import time
@@ -29,6 +30,11 @@ flags.DEFINE_integer("num_samples", 100, "Generated models.")
 flags.DEFINE_integer("flow_iterations", 30_000, "Flow training iterations.")
 flags.DEFINE_integer("models_per_vmap", None, "Models vmapped together (default: the config's; 0 = all, good on GPU).")
 flags.DEFINE_enum("pca", None, ["none", "dual", "incremental"], "Flow space (default: the config's; dual keeps N-1 components).")
+flags.DEFINE_string(
+    "from_workdir", None,
+    "Summarise the finished run in this workdir (e.g. of `python -m dwf_jax.main --config=configs/resnet20.py`) from its "
+    "report.json and config.json instead of running the pipeline (the other zoo flags are then ignored).",
+)
 flags.DEFINE_string("workdirs", "experiments/workdirs", "Where the stages are kept.")
 
 CONFIGS = {"resnet20": resnet20, "smallcnn": smallcnn}
@@ -62,6 +68,9 @@ def markdown(result: dict, provenance: dict) -> str:
 
 def main(argv: list[str]) -> None:
     del argv
+    if FLAGS.from_workdir:
+        summarise_workdir(pathlib.Path(FLAGS.from_workdir))
+        return
     common.log_stages()
     config = CONFIGS[FLAGS.model].get_config()
     config.data.dir = FLAGS.data_dir
@@ -82,6 +91,24 @@ def main(argv: list[str]) -> None:
     result["zoo_epochs"] = config.zoo.epochs
     provenance = common.provenance(time.perf_counter() - start, code)
     common.write_results(f"table4_{FLAGS.model}", {"provenance": provenance, "result": result}, markdown(result, provenance))
+
+
+def summarise_workdir(workdir: pathlib.Path) -> None:
+    """Results of a run made elsewhere: its report.json and the config it recorded, nothing recomputed."""
+    report, config = (workdir / "report.json"), (workdir / "config.json")
+    if not report.exists() or not config.exists():
+        raise SystemExit(f"{workdir} holds no finished run (report.json and config.json are written at its end)")
+    result, recorded = json.loads(report.read_text()), json.loads(config.read_text())
+    if recorded["model"]["name"] != FLAGS.model:
+        raise SystemExit(f"{workdir} holds a {recorded['model']['name']} run; pass --model={recorded['model']['name']}")
+    result["zoo_epochs"] = recorded["zoo"]["epochs"]
+    result["summarised_from"] = str(workdir)
+    provenance = common.provenance(0.0, common.code_version())
+    text = markdown(result, provenance).replace(
+        f"Wall time of this invocation: {provenance['wall_seconds']} s; stage times (s)",
+        f"Summarised from the finished run in {workdir} (its config.json and report.json); stage times of that run (s)",
+    )
+    common.write_results(f"table4_{FLAGS.model}", {"provenance": provenance, "result": result}, text)
 
 
 if __name__ == "__main__":
