@@ -98,10 +98,10 @@ def _run_stages(config: ml_collections.ConfigDict, dataset: Dataset, workdir: pa
     samples = stages.run("samples", lambda: generate(config, flow["params"], flow_data.shape[1], to_weights, workdir, progress))
 
     generated = unflattener(unstack(canonical["variables"], 0))(samples["weights"])
-    generated_accuracy = {"as_generated": evaluate(generated)}
+    generated_accuracy = {"as_generated": stages.accuracy("eval_generated", lambda: evaluate(generated))}
     if "batch_stats" in generated and config.bn.recalibrate:
         statistics = stages.run("bn_stats", lambda: recalibrate_stage(config, model, generated, dataset))
-        generated_accuracy["bn_recalibrated"] = evaluate({**generated, **statistics})
+        generated_accuracy["bn_recalibrated"] = stages.accuracy("eval_recalibrated", lambda: evaluate({**generated, **statistics}))
     result = report.build_report(
         config=config, dataset=dataset, original_accuracy=zoo_result["test_accuracy"],
         canonical_accuracy=canonical["test_accuracy"], distances=report.distances_in_memory(

@@ -163,10 +163,12 @@ def run_stages(config: ml_collections.ConfigDict, dataset: Dataset, workdir: pat
     stages.run("samples", lambda: generate(config, flow["params"], state, block, workdir, progress))
     generated = stage_file(workdir, "samples", config.sample.num_samples, dim)
 
-    generated_accuracy = {"as_generated": accuracy(evaluate, generated, unflatten, group)}
+    generated_accuracy = {"as_generated": stages.accuracy("eval_generated", lambda: accuracy(evaluate, generated, unflatten, group))}
     if "batch_stats" in template and config.bn.recalibrate:
         statistics = stages.run("bn_stats", lambda: recalibrate_groups(config, model, generated, unflatten, dataset))
-        generated_accuracy["bn_recalibrated"] = recalibrated_accuracy(evaluate, generated, unflatten, statistics, group)
+        generated_accuracy["bn_recalibrated"] = stages.accuracy(
+            "eval_recalibrated", lambda: recalibrated_accuracy(evaluate, generated, unflatten, statistics, group)
+        )
     result = report.build_report(
         config=config, dataset=dataset, original_accuracy=zoo_result["test_accuracy"], canonical_accuracy=canonical_result["test_accuracy"],
         distances=distances(config.canonical.reference, zoo, canonical, generated, block), generated_accuracy=generated_accuracy,

@@ -48,6 +48,10 @@ class Stages:
         logging.info("stage %-9s done in %.1f s -> %s", name, self.timings[name], path)
         return result
 
+    def accuracy(self, name: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """An evaluation as a stage: a rerun of a finished workdir does not evaluate a whole ensemble again."""
+        return self.run(name, lambda: {"accuracy": compute()})["accuracy"]
+
 
 def evaluator(config: ml_collections.ConfigDict, model: nn.Module, dataset: Dataset) -> Evaluator:
     """Test accuracy (percent) of every model of a stacked zoo."""

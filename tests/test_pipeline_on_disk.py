@@ -18,7 +18,7 @@ from dwf_jax.image_folder import CIFAR10_CLASSES
 from dwf_jax.pca.streaming import array_reader, pairwise_distances_streaming, stacked_reader
 from dwf_jax.workdir import WorkdirConfigMismatch, check_config, config_as_dict
 
-STAGES = ("zoo", "canonical", "pca", "flow", "samples", "bn_stats")
+STAGES = ("zoo", "canonical", "pca", "flow", "samples", "eval_generated", "bn_stats", "eval_recalibrated")
 FILES = ("zoo.f32", "canonical.f32", "pca_components.f32", "generated.f32")
 
 
