@@ -6,6 +6,9 @@ import tarfile
 import numpy as np
 from PIL import Image
 
+from dwf_jax.data import CIFAR10_TAR
+from dwf_jax.image_folder import CIFAR10_CLASSES
+
 # Folder order deliberately not CIFAR-10's, so labels must come from the class list.
 LAYOUT = {"train": {"truck": 3, "cat": 3}, "test": {"cat": 1, "airplane": 1}}
 
@@ -33,3 +36,11 @@ def write_image_folder_tar(path, layout=LAYOUT, seed=0, corrupt=None):
                     tar.addfile(info, io.BytesIO(payload))
                     sources[name] = image
     return sources
+
+
+def write_tiny_cifar10(root):
+    """A data dir under `root` holding a CIFAR-10 archive of every class (8 train, 2 test images each); returns it."""
+    data_dir = root / "data"
+    (data_dir / CIFAR10_TAR).parent.mkdir(parents=True)
+    write_image_folder_tar(data_dir / CIFAR10_TAR, {"train": {name: 8 for name in CIFAR10_CLASSES}, "test": {name: 2 for name in CIFAR10_CLASSES}})
+    return data_dir

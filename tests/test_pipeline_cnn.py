@@ -3,21 +3,17 @@
 import json
 
 import pytest
-from tarfiles import write_image_folder_tar
+from tarfiles import write_tiny_cifar10
 
 import configs.smallcnn as smallcnn_config
-from dwf_jax import data, pipeline
-from dwf_jax.image_folder import CIFAR10_CLASSES
+from dwf_jax import pipeline
 
 
 @pytest.fixture(scope="module")
 def cnn_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("cifar")
-    tar = root / "data" / data.CIFAR10_TAR
-    tar.parent.mkdir(parents=True)
-    write_image_folder_tar(tar, {"train": {name: 8 for name in CIFAR10_CLASSES}, "test": {name: 2 for name in CIFAR10_CLASSES}})
     config = smallcnn_config.get_config()
-    config.data.dir = str(root / "data")
+    config.data.dir = str(write_tiny_cifar10(root))
     config.zoo.update(num_models=3, epochs=2, batch_size=16)
     config.flow.update(iterations=40, hidden=16, steps_per_dispatch=20, batch_size=2)
     config.pca.update(method="dual", components=-1)

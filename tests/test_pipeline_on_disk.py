@@ -7,14 +7,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tarfiles import write_image_folder_tar
+from tarfiles import write_tiny_cifar10
 
 import configs.smallcnn as smallcnn_config
-from dwf_jax import data, pca, pipeline
+from dwf_jax import pca, pipeline
 from dwf_jax.checkpoints import CheckpointError
 from dwf_jax.config import validate_config
 from dwf_jax.evaluate import pairwise_distances
-from dwf_jax.image_folder import CIFAR10_CLASSES
 from dwf_jax.pca.streaming import array_reader, pairwise_distances_streaming, stacked_reader
 from dwf_jax.workdir import WorkdirConfigMismatch, check_config, config_as_dict
 
@@ -81,9 +80,7 @@ def shared_compilation_cache(path):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("cifar")
-    tar = root / "data" / data.CIFAR10_TAR
-    tar.parent.mkdir(parents=True)
-    write_image_folder_tar(tar, {"train": {name: 8 for name in CIFAR10_CLASSES}, "test": {name: 2 for name in CIFAR10_CLASSES}})
+    write_tiny_cifar10(root)
     with pytest.MonkeyPatch.context() as patch, shared_compilation_cache(root / "jit_cache"):
         patch.setenv("DWF_CACHE_DIR", str(root / "cache"))
         results = {on_disk: pipeline.run(_config(root / "data", on_disk), root / f"work_{on_disk}", progress=False) for on_disk in (False, True)}
