@@ -47,12 +47,12 @@ def peak_rss_gib() -> float:
 def reference_model(key: jax.Array) -> dict:
     """ResNet-18 variables with random running statistics too, so mis-permuted BN stats would show."""
     variables = resnet18().init(key, jnp.zeros((1, 32, 32, 3)), train=False)
-    stats_key = jax.random.fold_in(key, 1)
-    batch_stats = jax.tree_util.tree_map_with_path(
-        lambda path, leaf: jax.random.uniform(jax.random.fold_in(stats_key, hash(jax.tree_util.keystr(path)) % 2**31), leaf.shape, minval=0.5, maxval=2.0)
-        if path[-1].key == "var" else 0.1 * jax.random.normal(jax.random.fold_in(stats_key, hash(jax.tree_util.keystr(path)) % 2**31), leaf.shape),
-        variables["batch_stats"],
-    )
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(variables["batch_stats"])
+    keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
+    batch_stats = treedef.unflatten([
+        jax.random.uniform(leaf_key, leaf.shape, minval=0.5, maxval=2.0) if path[-1].key == "var" else 0.1 * jax.random.normal(leaf_key, leaf.shape)
+        for leaf_key, (path, leaf) in zip(keys, leaves)
+    ])
     return jax.tree.map(np.asarray, {"params": variables["params"], "batch_stats": batch_stats})
 
 

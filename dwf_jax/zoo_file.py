@@ -5,6 +5,7 @@ stacked pytree: each stage reads the models it needs from such a file, and the
 streaming dual PCA reads its column blocks (`ZooFile.columns`).
 """
 
+import itertools
 import os
 import pathlib
 from collections.abc import Callable, Iterable, Iterator
@@ -51,7 +52,7 @@ def write_zoo(path: str | os.PathLike, models: Iterable[PyTree]) -> ZooFile:
     first = next(rows, None)
     if first is None:
         raise ValueError("a zoo file needs at least one model")
-    num_models = write_memmap(partial_path, _chain(first, rows), first.size)
+    num_models = write_memmap(partial_path, itertools.chain([first], rows), first.size)
     os.replace(partial_path, path)
     return ZooFile(path, num_models, first.size)
 
@@ -60,8 +61,3 @@ def read_models(zoo: ZooFile, unflatten: Callable[[np.ndarray], PyTree], indices
     """Models of the zoo as pytrees (`unflatten` = `ravel_pytree(template)[1]`), one in memory at a time."""
     for index in range(zoo.num_models) if indices is None else indices:
         yield unflatten(zoo.read(index))
-
-
-def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
-    yield first
-    yield from rest
