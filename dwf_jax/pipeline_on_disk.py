@@ -28,7 +28,7 @@ from dwf_jax.ensemble import check_finite
 from dwf_jax.flatten import unstack
 from dwf_jax.flow_stage import sample_stage, train_flow_stage
 from dwf_jax.models import build_model, permutation_spec
-from dwf_jax.pca import PCAState, fit_dual_streaming, inverse_transform_to_file, transform_streaming
+from dwf_jax.pca import PCAState, fit_transform_dual_streaming, inverse_transform_to_file
 from dwf_jax.pca.streaming import array_reader, pairwise_distances_streaming, stacked_reader
 from dwf_jax.stages import Evaluator, PyTree, Stages, evaluator, expected_zoo, recalibrate_stage, train_chunks
 from dwf_jax.zoo_file import ZooFile, read_models, write_zoo
@@ -92,11 +92,10 @@ def canonicalize_stage(config: ml_collections.ConfigDict, zoo: ZooFile, unflatte
 def pca_stage(config: ml_collections.ConfigDict, canonical: ZooFile, block: int, workdir: pathlib.Path) -> PyTree:
     """Streamed dual PCA; the components go to pca_components.f32, the stage keeps mean, variances and the zoo's coefficients."""
     p = config.pca
-    state = fit_dual_streaming(
+    state, coefficients = fit_transform_dual_streaming(
         canonical.columns(), canonical.num_models, canonical.dim, pca_components(config), block, p.fp16, p.solver,
         components_path=workdir / FILES["pca"],
     )
-    coefficients = transform_streaming(state, canonical.columns(), canonical.num_models, canonical.dim, block)
     return {"mean": state.mean, "explained_variance": state.explained_variance, "coefficients": coefficients}
 
 

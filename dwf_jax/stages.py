@@ -61,17 +61,21 @@ def evaluator(config: ml_collections.ConfigDict, model: nn.Module, dataset: Data
     )
 
 
-def train_chunks(config: ml_collections.ConfigDict, dataset: Dataset, workdir: pathlib.Path, progress: bool) -> Iterator[PyTree]:
-    """The zoo's models, one stacked chunk (numpy leaves) at a time.
+def train_chunks(
+    config: ml_collections.ConfigDict, dataset: Dataset, workdir: pathlib.Path, progress: bool, first_model: int = 0
+) -> Iterator[PyTree]:
+    """The zoo's models `first_model`..N-1, one stacked chunk (numpy leaves) at a time.
 
     Each chunk checkpoints every `zoo.checkpoint_every` epochs, so an interrupted zoo resumes where it stopped.
+    Model i depends only on (seed, i): a zoo can grow from a smaller one by training only the new models.
     """
     model = build_model(config.model)
     z = config.zoo
     steps_per_epoch = len(dataset.x_train) // z.batch_size if z.drop_last else -(-len(dataset.x_train) // z.batch_size)
     tx = zoo.make_optimizer(z.optimizer, z.learning_rate, z.weight_decay, z.schedule, z.epochs * steps_per_epoch)
-    for number, indices in enumerate(zoo.chunks(z.num_models, z.models_per_chunk)):
-        manager = checkpoints.manager(workdir / "zoo_chunks" / f"chunk_{number:04d}")
+    for indices in zoo.chunks(z.num_models - first_model, z.models_per_chunk):
+        indices = indices + first_model
+        manager = checkpoints.manager(workdir / "zoo_chunks" / f"models_{indices[0]:04d}-{indices[-1]:04d}")
         variables, _ = zoo.train_models(
             model, tx, dataset.x_train, dataset.y_train, seed=config.seed, model_indices=indices,
             epochs=z.epochs, batch_size=z.batch_size, inputs=input_pipeline(dataset.name, config.data.augment),

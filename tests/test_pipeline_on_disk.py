@@ -34,6 +34,16 @@ def test_streamed_transforms_match_in_memory(tmp_path):
     assert written.shape == (4, 1000) and not (tmp_path / "generated.f32.partial").exists()
 
 
+@pytest.mark.parametrize("solver", ["eigh", "randomized"])
+def test_fit_transform_coefficients_equal_a_streamed_transform(solver):
+    """The coefficients from the Gram matrix are the projection of the zoo on the components it returns."""
+    rng = np.random.default_rng(2)
+    zoo = (rng.normal(size=(12, 4)) @ rng.normal(size=(4, 700)) + 0.01 * rng.normal(size=(12, 700))).astype(np.float32)
+    state, coefficients = pca.fit_transform_dual_streaming(array_reader(zoo), 12, 700, 3, micro_batch=128, solver=solver)
+    projected = pca.transform_streaming(state, array_reader(zoo), 12, 700, micro_batch=128)
+    np.testing.assert_allclose(coefficients, projected, rtol=1e-4, atol=1e-4 * np.abs(projected).max())
+
+
 def test_streamed_distances_match_pairwise_distances():
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=(5, 300)).astype(np.float32), rng.normal(size=(4, 300)).astype(np.float32)

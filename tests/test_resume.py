@@ -56,7 +56,7 @@ def test_zoo_and_flow_resume_bitwise(tmp_path):
 
     _run_to_end(tmp_path / "uninterrupted")
     interrupted = tmp_path / "interrupted"
-    _run_until_killed(interrupted, interrupted / "zoo_chunks" / "chunk_0000", zoo_kill)
+    _run_until_killed(interrupted, interrupted / "zoo_chunks" / "models_0000-0007", zoo_kill)
     assert not (interrupted / "zoo").exists()
     _run_until_killed(interrupted, interrupted / "flow_checkpoints", flow_kill)
     assert (interrupted / "zoo").exists() and not (interrupted / "flow").exists()

@@ -142,7 +142,7 @@ def _output(num_components: int, dim: int, path: str | os.PathLike | None) -> tu
     return write_file, lambda: np.memmap(path, np.float32, mode="r", shape=(num_components, dim))
 
 
-def fit_dual_streaming(
+def fit_transform_dual_streaming(
     read_columns: Reader,
     num_models: int,
     dim: int,
@@ -152,12 +152,14 @@ def fit_dual_streaming(
     solver: str = "eigh",
     key: jax.Array | None = None,
     components_path: str | os.PathLike | None = None,
-) -> PCAState:
-    """Dual PCA from two streamed passes over column blocks; the state holds numpy float32 arrays.
+) -> tuple[PCAState, np.ndarray]:
+    """Dual PCA from two streamed passes over column blocks, and the zoo's (N, k) coefficients without a third.
 
-    fp16 multiplies fp16 operands with fp32 accumulation (means stay fp32). solver="randomized"
-    uses `key` (default key 0). With `components_path` the components are a raw float32 file,
-    returned as a read-only np.memmap, so the (k, D) output does not count against RAM.
+    The state holds numpy float32 arrays. fp16 multiplies fp16 operands with fp32 accumulation
+    (means stay fp32). solver="randomized" uses `key` (default key 0). With `components_path` the
+    components are a raw float32 file, returned as a read-only np.memmap, so the (k, D) output
+    does not count against RAM. The coefficients Xc C^T = Xc Xc^T V / sqrt(lambda) = G V / sqrt(lambda)
+    come from the Gram matrix, exact for any eigenvector estimate (with fp16: G's fp16 products).
     """
     if not 1 <= num_components <= num_models - 1:
         raise ValueError(f"num_components={num_components} must be in [1, num_models - 1 = {num_models - 1}]")
@@ -176,7 +178,23 @@ def fit_dual_streaming(
     project = partial(_project, eigenvectors, eigenvalues, fp16=fp16)
     for start, stop, part in _map_blocks(project, read_columns, num_models, dim, micro_batch):
         write(start, np.asarray(part)[:, : stop - start])
-    return PCAState(np.concatenate(means), result(), np.asarray(eigenvalues / (num_models - 1)))
+    state = PCAState(np.concatenate(means), result(), np.asarray(eigenvalues / (num_models - 1)))
+    return state, np.asarray(gram @ eigenvectors / jnp.sqrt(eigenvalues))
+
+
+def fit_dual_streaming(
+    read_columns: Reader,
+    num_models: int,
+    dim: int,
+    num_components: int,
+    micro_batch: int,
+    fp16: bool = False,
+    solver: str = "eigh",
+    key: jax.Array | None = None,
+    components_path: str | os.PathLike | None = None,
+) -> PCAState:
+    """`fit_transform_dual_streaming` without the coefficients."""
+    return fit_transform_dual_streaming(read_columns, num_models, dim, num_components, micro_batch, fp16, solver, key, components_path)[0]
 
 
 @partial(jax.jit, static_argnames="num_models")

@@ -1,0 +1,181 @@
+"""Table 8 for ResNet-20 on CIFAR-10: the flow on full weights vs on PCA coefficients, and how many.
+
+    python experiments/table8_resnet20.py --data_dir=../shared/datasets --num_models=8 --epochs=1 \
+        --reuse_zoo=experiments/workdirs/table4_resnet20_n4_e1
+
+One zoo, one canonical zoo, then one pipeline run per flow space (they share
+both stages). Model i depends only on (seed, i), so with --reuse_zoo the first
+models are taken from a smaller zoo of the same settings and only the rest are
+trained, two per resumable chunk. A full-weight flow at h=512 has 280M
+parameters; on a CPU it gets --full_flow_iterations, and the PCA space of the
+Table 4 run is trained a second time at that budget for a like-for-like row.
+Writes experiments/results/table8_resnet20.{md,json}.
+"""
+
+import json
+import pathlib
+import shutil
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from configs import resnet20  # noqa: E402
+from dwf_jax import checkpoints, pipeline, stages  # noqa: E402
+from dwf_jax.config import base_config  # noqa: E402
+from dwf_jax.data import load_dataset  # noqa: E402
+from dwf_jax.models import build_model  # noqa: E402
+from dwf_jax.workdir import config_as_dict, record_config  # noqa: E402
+from experiments import common  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("data_dir", None, "Folder holding cifar10_jpeg/cifar10_jpeg.tar.gz (else $DWF_DATA_DIR).")
+flags.DEFINE_integer("num_models", 100, "Zoo size.")
+flags.DEFINE_integer("epochs", None, "Zoo epochs (default: the config's, Table 12).")
+flags.DEFINE_string("reuse_zoo", None, "Workdir whose zoo stage (same seed, data, model and zoo settings) gives the first models.")
+flags.DEFINE_list("spaces", ["dual:-1", "incremental:-1", "dual:4", "dual:2", "none"], "Flow spaces: none, or method:components (-1: N-1).")
+flags.DEFINE_integer("flow_iterations", 30_000, "Flow iterations in PCA spaces (the paper's 30k).")
+flags.DEFINE_integer("full_flow_iterations", 30_000, "Flow iterations on full weights (lower it on a CPU).")
+flags.DEFINE_integer("num_samples", 100, "Generated models per space.")
+flags.DEFINE_string("workdirs", "experiments/workdirs", "Where the stages are kept.")
+
+SHARED_STAGES = ("zoo", "canonical")
+ZOO_KEYS_FREE_TO_DIFFER = ("zoo.num_models", "zoo.models_per_chunk")
+PAPER = "Table 8, ResNet-20 (100 models x 5 epochs, h=512): original 73.62 ± 2.24; generated 75.07 ± 1.24 without PCA, 75.96 ± 0.89 with PCA."
+
+
+def zoo_config() -> ml_collections.ConfigDict:
+    config = resnet20.get_config()
+    config.data.dir = FLAGS.data_dir
+    config.zoo.update(num_models=FLAGS.num_models, models_per_chunk=2)
+    if FLAGS.epochs is not None:
+        config.zoo.epochs = FLAGS.epochs
+    config.sample.num_samples = FLAGS.num_samples
+    config.flow.iterations = FLAGS.flow_iterations
+    return config
+
+
+def space_config(space: str, iterations: int) -> ml_collections.ConfigDict:
+    config = zoo_config()
+    method, _, components = space.partition(":")
+    config.pca.method = method
+    if method != "none":
+        config.pca.components = int(components)
+    config.flow.update(iterations=iterations, checkpoint_every=min(config.flow.checkpoint_every, iterations))
+    if iterations < FLAGS.flow_iterations:
+        config.flow.update(steps_per_dispatch=100, checkpoint_every=500)  # a slow flow: short dispatches, frequent saves
+    return config
+
+
+def _zoo_settings(config: dict) -> dict:
+    flat = {f"{group}.{key}": value for group in ("data", "model", "zoo") for key, value in config[group].items()}
+    flat["seed"] = config["seed"]
+    return {key: value for key, value in flat.items() if key not in ZOO_KEYS_FREE_TO_DIFFER}
+
+
+def reused_models(config: ml_collections.ConfigDict) -> dict | None:
+    """The smaller zoo's stage, after checking it was trained with the same settings."""
+    if FLAGS.reuse_zoo is None:
+        return None
+    source = pathlib.Path(FLAGS.reuse_zoo)
+    recorded, wanted = _zoo_settings(json.loads((source / "config.json").read_text())), _zoo_settings(config_as_dict(config))
+    defaults = _zoo_settings(config_as_dict(base_config()))  # keys added since that run have their default there
+    differences = sorted(key for key in recorded.keys() | wanted.keys() if recorded.get(key, defaults.get(key)) != wanted.get(key))
+    if differences:
+        raise ValueError(f"--reuse_zoo={source} was trained with other settings: {', '.join(differences)}")
+    stage = checkpoints.restore_tree(source / "zoo")
+    if len(stage["test_accuracy"]) > config.zoo.num_models:
+        raise ValueError(f"--reuse_zoo={source} has {len(stage['test_accuracy'])} models, more than --num_models={config.zoo.num_models}")
+    return stage
+
+
+def grow_zoo(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+    """Write workdir's zoo stage: the reused models, then the new ones trained here."""
+    if (workdir / "zoo").exists():
+        return
+    reused = reused_models(config)
+    if reused is None:
+        return  # the pipeline trains the whole zoo itself
+    dataset = load_dataset(config.data.name, config.data.dir, config.data.source)
+    evaluate = stages.evaluator(config, build_model(config.model), dataset)
+    first_new = len(reused["test_accuracy"])
+    logging.info("zoo: models 0-%d from %s, training models %d-%d", first_new - 1, FLAGS.reuse_zoo, first_new, config.zoo.num_models - 1)
+
+    def compute() -> dict:
+        new = jax.tree.map(lambda *leaves: np.concatenate(leaves), *stages.train_chunks(config, dataset, workdir, True, first_model=first_new))
+        return {
+            "variables": jax.tree.map(lambda *leaves: np.concatenate(leaves), reused["variables"], new),
+            "test_accuracy": np.concatenate([reused["test_accuracy"], evaluate(new)]),
+        }
+
+    stages.Stages(workdir).run("zoo", compute)
+    record_config(workdir, config)  # so a larger zoo can grow from this one
+    shutil.rmtree(workdir / "zoo_chunks", ignore_errors=True)
+
+
+def run_space(base: pathlib.Path, space: str, iterations: int) -> dict:
+    """One pipeline run in its own workdir, starting from (and leaving behind) the shared stages in `base`."""
+    workdir = base.with_name(f"{base.name}_{space.replace(':', '')}_{iterations}")
+    for stage in SHARED_STAGES:
+        if (base / stage).exists() and not (workdir / stage).exists():
+            shutil.copytree(base / stage, workdir / stage)
+    start = time.perf_counter()
+    result = pipeline.run(space_config(space, iterations), workdir, progress=True)
+    result["wall_seconds_this_invocation"] = round(time.perf_counter() - start, 1)
+    for stage in SHARED_STAGES:
+        if not (base / stage).exists():
+            shutil.copytree(workdir / stage, base / stage)
+    return result
+
+
+def markdown(rows: list[dict], provenance: dict) -> str:
+    lines = [
+        "# Table 8 (ResNet-20, CIFAR-10): full weights vs PCA, and the number of components",
+        "",
+        *common.provenance_lines(provenance),
+        f"Wall time of this invocation: {provenance['wall_seconds']} s",
+        f"Data: {rows[0]['dataset']['source']}",
+        f"Zoo: {rows[0]['original']['num_models']} models x {rows[0]['zoo_epochs']} epochs; "
+        f"{rows[0]['generated']['num_samples']} generated models per row, BN recalibrated as in Table 7.",
+        "",
+        "| flow space | flow params | flow iterations | flow time (s) | original (%) | generated, as generated (%) | generated, BN recalibrated (%) | nearest-original distance (generated / originals) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for result in rows:
+        original, generated = result["original"]["accuracy"], result["generated"]["accuracy"]
+        before = result["generated"]["accuracy_before_bn_recalibration"]
+        novelty = result["generated"]["novelty"]
+        lines.append(
+            f"| {result['flow']['weight_space']} | {result['flow']['num_params']:,} | {result['flow']['iterations']} | {result['timings'].get('flow', float('nan')):.0f} "
+            f"| {original['mean']:.2f} ± {original['std']:.2f} | {before['mean']:.2f} ± {before['std']:.2f} | {generated['mean']:.2f} ± {generated['std']:.2f} "
+            f"| {novelty['generated_to_nearest_original']['mean']:.2f} / {novelty['original_to_nearest_other_original']['mean']:.2f} |"
+        )
+    lines += ["", PAPER, ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    common.log_stages()
+    code = common.code_version()
+    start = time.perf_counter()
+    config = zoo_config()
+    base = pathlib.Path(FLAGS.workdirs) / f"table8_resnet20_n{config.zoo.num_models}_e{config.zoo.epochs}"
+    grow_zoo(config, base)
+    runs = [(space, FLAGS.full_flow_iterations if space == "none" else FLAGS.flow_iterations) for space in FLAGS.spaces]
+    if FLAGS.full_flow_iterations < FLAGS.flow_iterations and "none" in FLAGS.spaces:
+        runs.append((FLAGS.spaces[0], FLAGS.full_flow_iterations))
+    if not runs:
+        return  # --spaces= only grows the zoo
+    rows = [run_space(base, space, iterations) for space, iterations in runs]
+    provenance = common.provenance(time.perf_counter() - start, code)
+    common.write_results("table8_resnet20", {"provenance": provenance, "rows": rows}, markdown(rows, provenance))
+
+
+if __name__ == "__main__":
+    app.run(main)
