@@ -56,7 +56,6 @@ def zoo_config() -> ml_collections.ConfigDict:
     if FLAGS.epochs is not None:
         config.zoo.epochs = FLAGS.epochs
     config.sample.num_samples = FLAGS.num_samples
-    config.flow.iterations = FLAGS.flow_iterations
     return config
 
 
