@@ -132,6 +132,13 @@ def run_space(base: pathlib.Path, space: str, iterations: int) -> dict:
     return result
 
 
+def zoo_origin(num_models: int) -> str:
+    if FLAGS.reuse_zoo is None:
+        return "all trained by this script"
+    reused = len(checkpoints.restore_tree(pathlib.Path(FLAGS.reuse_zoo) / "zoo")["test_accuracy"])
+    return f"models 0-{reused - 1} are the zoo of {FLAGS.reuse_zoo} (same seed and settings), models {reused}-{num_models - 1} trained here"
+
+
 def markdown(rows: list[dict], provenance: dict) -> str:
     lines = [
         "# Table 8 (ResNet-20, CIFAR-10): full weights vs PCA, and the number of components",
@@ -139,7 +146,7 @@ def markdown(rows: list[dict], provenance: dict) -> str:
         *common.provenance_lines(provenance),
         f"Wall time of this invocation: {provenance['wall_seconds']} s",
         f"Data: {rows[0]['dataset']['source']}",
-        f"Zoo: {rows[0]['original']['num_models']} models x {rows[0]['zoo_epochs']} epochs; "
+        f"Zoo: {rows[0]['original']['num_models']} models x {rows[0]['zoo_epochs']} epochs ({zoo_origin(rows[0]['original']['num_models'])}); "
         f"{rows[0]['generated']['num_samples']} generated models per row, BN recalibrated as in Table 7.",
         "",
         "| flow space | flow params | flow iterations | flow time (s) | original (%) | generated, as generated (%) | generated, BN recalibrated (%) | nearest-original distance (generated / originals) |",
