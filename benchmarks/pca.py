@@ -92,7 +92,8 @@ def _sklearn(weights: np.ndarray, num_components: int, batch_size: int) -> pca.P
 
 
 def _streamed(weights: np.ndarray, num_components: int, micro_batch: int, fp16: bool) -> pca.PCAState:
-    return pca.fit_dual_streaming(pca.array_reader(weights), *weights.shape, num_components, micro_batch, fp16=fp16)
+    state, _ = pca.fit_transform_dual_streaming(pca.array_reader(weights), *weights.shape, num_components, micro_batch, fp16=fp16)
+    return state
 
 
 def scale_test() -> None:
@@ -116,7 +117,7 @@ def scale_test() -> None:
         written = time.perf_counter() - start
         print(f"wrote synthetic random zoo {num_models} x {dim} float32 ({4 * num_models * dim / 1e9:.2f} GB) to {zoo_path} in {written:.1f} s")
         start = time.perf_counter()
-        state = pca.fit_dual_streaming(
+        state, _ = pca.fit_transform_dual_streaming(
             pca.memmap_reader(zoo_path, num_models, dim), num_models, dim, num_models - 1, FLAGS.scale_micro_batch, components_path=components_path
         )
         fitted = time.perf_counter() - start

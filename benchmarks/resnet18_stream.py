@@ -93,7 +93,7 @@ def main(argv: list[str]) -> None:
         )
 
         start = time.perf_counter()
-        state = pca.fit_dual_streaming(
+        state, _ = pca.fit_transform_dual_streaming(
             canonical.columns(), canonical.num_models, dim, canonical.num_models - 1, FLAGS.micro_batch, components_path=paths[2]
         )
         print(

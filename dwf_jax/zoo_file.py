@@ -36,7 +36,7 @@ class ZooFile(NamedTuple):
         return row
 
     def columns(self) -> Reader:
-        """Column-block reader for `pca.fit_dual_streaming`."""
+        """Column-block reader for `pca.fit_transform_dual_streaming`."""
         return memmap_reader(self.path, self.num_models, self.dim)
 
 

@@ -31,7 +31,8 @@ def test_n_minus_one_components_reconstruct_the_zoo_exactly():
 
 
 def _streaming(data, num_components, micro_batch=64, **options):
-    return pca.fit_dual_streaming(pca.array_reader(data), len(data), data.shape[1], num_components, micro_batch, **options)
+    state, _ = pca.fit_transform_dual_streaming(pca.array_reader(data), len(data), data.shape[1], num_components, micro_batch, **options)
+    return state
 
 
 FITTERS = {
@@ -105,7 +106,7 @@ def test_streaming_from_a_memmap_file_matches_in_memory_dual(tmp_path):
     data = _low_rank().astype(np.float32)
     assert pca.write_memmap(tmp_path / "zoo.bin", iter(data), 300) == 40
     reader = pca.memmap_reader(tmp_path / "zoo.bin", 40, 300)
-    streamed = pca.fit_dual_streaming(reader, 40, 300, 5, micro_batch=64, components_path=tmp_path / "components.bin")
+    streamed, _ = pca.fit_transform_dual_streaming(reader, 40, 300, 5, micro_batch=64, components_path=tmp_path / "components.bin")
     in_memory = pca.fit_dual(jnp.asarray(data), 5)
     assert isinstance(streamed.components, np.memmap)
     np.testing.assert_allclose(streamed.mean, in_memory.mean, atol=1e-5)

@@ -25,7 +25,7 @@ def test_streamed_transforms_match_in_memory(tmp_path):
     zoo = np.random.default_rng(0).normal(size=(6, 1000)).astype(np.float32)
     pca.write_memmap(tmp_path / "zoo.f32", zoo, 1000)
     read = pca.memmap_reader(tmp_path / "zoo.f32", 6, 1000)
-    state = pca.fit_dual_streaming(read, 6, 1000, 5, micro_batch=128, components_path=tmp_path / "components.f32")
+    state, _ = pca.fit_transform_dual_streaming(read, 6, 1000, 5, micro_batch=128, components_path=tmp_path / "components.f32")
     in_memory = pca.PCAState(*map(jnp.asarray, state))
     coefficients = pca.transform_streaming(state, read, 6, 1000, micro_batch=128)  # 1000 = 7 x 128 + a padded block
     np.testing.assert_allclose(coefficients, pca.transform(in_memory, zoo), atol=1e-5)

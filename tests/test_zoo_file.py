@@ -68,7 +68,7 @@ def test_streamed_dual_pca_from_a_zoo_file_matches_the_in_memory_fit(tmp_path):
     rng = np.random.default_rng(0)
     weights = rng.normal(size=(6, 1000)).astype(np.float32)
     zoo = write_zoo(tmp_path / "zoo.f32", iter(weights))
-    streamed = pca.fit_dual_streaming(zoo.columns(), zoo.num_models, zoo.dim, 5, micro_batch=128)
+    streamed, _ = pca.fit_transform_dual_streaming(zoo.columns(), zoo.num_models, zoo.dim, 5, micro_batch=128)
     in_memory = pca.fit_dual(weights, 5)
     np.testing.assert_allclose(streamed.mean, in_memory.mean, atol=1e-6)
     np.testing.assert_allclose(streamed.explained_variance, in_memory.explained_variance, rtol=1e-4)

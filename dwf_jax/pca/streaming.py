@@ -182,21 +182,6 @@ def fit_transform_dual_streaming(
     return state, np.asarray(gram @ eigenvectors / jnp.sqrt(eigenvalues))
 
 
-def fit_dual_streaming(
-    read_columns: Reader,
-    num_models: int,
-    dim: int,
-    num_components: int,
-    micro_batch: int,
-    fp16: bool = False,
-    solver: str = "eigh",
-    key: jax.Array | None = None,
-    components_path: str | os.PathLike | None = None,
-) -> PCAState:
-    """`fit_transform_dual_streaming` without the coefficients."""
-    return fit_transform_dual_streaming(read_columns, num_models, dim, num_components, micro_batch, fp16, solver, key, components_path)[0]
-
-
 @partial(jax.jit, static_argnames="num_models")
 def _block_coefficients(block: jax.Array, num_models: int) -> jax.Array:
     """This block's share (X_b - mean_b) C_b^T of the coefficients; zero-padded columns add nothing."""
