@@ -7,6 +7,9 @@ import pathlib
 import platform
 import subprocess
 import sys
+import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 from absl import logging
@@ -61,3 +64,18 @@ def provenance_lines(provenance: dict) -> list[str]:
         f"Date: {provenance['date']}; code: {provenance['code']}  ",
         f"Machine: {machine['platform']}, {machine['cpu_count']} CPUs, jax {machine['jax']} on {machine['devices']}  ",
     ]
+
+
+def run_and_write(name: str, compute_rows: Callable[[], Any], markdown: Callable[[Any, dict], str]) -> None:
+    """Compute an experiment's rows and write them with their provenance; the code version is read before the run."""
+    log_stages()
+    code = code_version()
+    start = time.perf_counter()
+    rows = compute_rows()
+    run = provenance(time.perf_counter() - start, code)
+    write_results(name, {"provenance": run, "rows": rows}, markdown(rows, run))
+
+
+def mean_std(stats: dict) -> str:
+    """An accuracy summary (evaluate.summary) as the tables print it."""
+    return f"{stats['mean']:.2f} ± {stats['std']:.2f}"

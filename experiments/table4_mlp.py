@@ -56,7 +56,7 @@ def markdown(rows: dict, provenance: dict) -> str:
         timings = ", ".join(f"{stage} {seconds:.0f}" for stage, seconds in result["timings"].items())
         lines.append(
             f"| {result['dataset']['name']} ({result['dataset']['source']}) | {result['flow_hidden']} | {result['flow']['weight_space']} "
-            f"| {original['mean']:.2f} ± {original['std']:.2f} | {generated['mean']:.2f} ± {generated['std']:.2f} "
+            f"| {common.mean_std(original)} | {common.mean_std(generated)} "
             f"| {PAPER[name][0]:.2f} | {PAPER[name][1]:.2f} | {timings} |"
         )
     lines += ["", "100 models per zoo, 30k flow iterations, RK4 with 100 steps (400 flow evaluations), 100 generated models.", ""]
@@ -65,12 +65,7 @@ def markdown(rows: dict, provenance: dict) -> str:
 
 def main(argv: list[str]) -> None:
     del argv
-    common.log_stages()
-    code = common.code_version()
-    start = time.perf_counter()
-    rows = {name: run_row(name) for name in FLAGS.datasets}
-    provenance = common.provenance(time.perf_counter() - start, code)
-    common.write_results("table4_mlp", {"provenance": provenance, "rows": rows}, markdown(rows, provenance))
+    common.run_and_write("table4_mlp", lambda: {name: run_row(name) for name in FLAGS.datasets}, markdown)
 
 
 if __name__ == "__main__":

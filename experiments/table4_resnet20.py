@@ -65,9 +65,9 @@ def markdown(result: dict, provenance: dict) -> str:
         "",
         "| | accuracy (%) mean ± std | min | max |",
         "|---|---|---|---|",
-        f"| original zoo | {original['mean']:.2f} ± {original['std']:.2f} | {original['min']:.2f} | {original['max']:.2f} |",
-        f"| generated, as generated (Table 7: without recalibration) | {before['mean']:.2f} ± {before['std']:.2f} | {before['min']:.2f} | {before['max']:.2f} |",
-        f"| generated, BN recalibrated on {recal['data']} data ({recal['num_batches']} x {recal['batch_size']}) | {generated['mean']:.2f} ± {generated['std']:.2f} | {generated['min']:.2f} | {generated['max']:.2f} |",
+        f"| original zoo | {common.mean_std(original)} | {original['min']:.2f} | {original['max']:.2f} |",
+        f"| generated, as generated (Table 7: without recalibration) | {common.mean_std(before)} | {before['min']:.2f} | {before['max']:.2f} |",
+        f"| generated, BN recalibrated on {recal['data']} data ({recal['num_batches']} x {recal['batch_size']}) | {common.mean_std(generated)} | {generated['min']:.2f} | {generated['max']:.2f} |",
         *recalibrated_original_row(result),
         "",
         f"Paper (100 models x 5 epochs, original CIFAR-10): {PAPER[FLAGS.model]}.",
@@ -79,7 +79,7 @@ def recalibrated_original_row(result: dict) -> list[str]:
     if "accuracy_after_bn_recalibration" not in result["original"]:
         return []
     stats = result["original"]["accuracy_after_bn_recalibration"]
-    return [f"| original zoo, BN recalibrated the same way | {stats['mean']:.2f} ± {stats['std']:.2f} | {stats['min']:.2f} | {stats['max']:.2f} |"]
+    return [f"| original zoo, BN recalibrated the same way | {common.mean_std(stats)} | {stats['min']:.2f} | {stats['max']:.2f} |"]
 
 
 def recalibrated_original_accuracy(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:

@@ -69,26 +69,26 @@ def markdown(rows: list[dict], provenance: dict) -> str:
         novelty = result["generated"]["novelty"]
         lines.append(
             f"| {result['dataset']['name']} | {result['flow']['weight_space']} | {result['flow']['num_params']:,} | {result['timings'].get('flow', float('nan')):.0f} "
-            f"| {original['mean']:.2f} ± {original['std']:.2f} | {generated['mean']:.2f} ± {generated['std']:.2f} | {generated['min']:.2f} "
+            f"| {common.mean_std(original)} | {common.mean_std(generated)} | {generated['min']:.2f} "
             f"| {novelty['generated_to_nearest_original']['mean']:.2f} / {novelty['original_to_nearest_other_original']['mean']:.2f} |"
         )
     lines += ["", "100 models per zoo, 30k flow iterations (h=512), RK4 x 100 steps, 100 generated models.", ""]
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    common.log_stages()
-    code = common.code_version()
-    start = time.perf_counter()
+def table_rows() -> list[dict]:
     rows = []
     for name in FLAGS.datasets:
         table4_report = pathlib.Path(FLAGS.workdirs) / f"table4_{name}" / "report.json"
         if table4_report.exists():
             rows.append(json.loads(table4_report.read_text()))  # the Table 4 run of the same zoo, in its own space
         rows += [run_space(name, space) for space in FLAGS.spaces]
-    provenance = common.provenance(time.perf_counter() - start, code)
-    common.write_results("table8_pca", {"provenance": provenance, "rows": rows}, markdown(rows, provenance))
+    return rows
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    common.run_and_write("table8_pca", table_rows, markdown)
 
 
 if __name__ == "__main__":

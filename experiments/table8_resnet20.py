@@ -172,7 +172,7 @@ def reconstructed(result: dict) -> str:
     if "reconstructed_zoo" not in result:
         return "-"
     accuracy = result["reconstructed_zoo"]["accuracy_bn_recalibrated"]
-    return f"{accuracy['mean']:.2f} ± {accuracy['std']:.2f} ({result['reconstructed_zoo']['relative_error']:.3f})"
+    return f"{common.mean_std(accuracy)} ({result['reconstructed_zoo']['relative_error']:.3f})"
 
 
 def markdown(rows: list[dict], provenance: dict) -> str:
@@ -194,7 +194,7 @@ def markdown(rows: list[dict], provenance: dict) -> str:
         novelty = result["generated"]["novelty"]
         lines.append(
             f"| {result['flow']['weight_space']} | {result['flow']['num_params']:,} | {result['flow']['iterations']} | {result['timings'].get('flow', float('nan')):.0f} "
-            f"| {original['mean']:.2f} ± {original['std']:.2f} | {reconstructed(result)} | {before['mean']:.2f} ± {before['std']:.2f} | {generated['mean']:.2f} ± {generated['std']:.2f} "
+            f"| {common.mean_std(original)} | {reconstructed(result)} | {common.mean_std(before)} | {common.mean_std(generated)} "
             f"| {novelty['generated_to_nearest_original']['mean']:.2f} / {novelty['original_to_nearest_other_original']['mean']:.2f} |"
         )
     lines += [
@@ -211,20 +211,21 @@ def markdown(rows: list[dict], provenance: dict) -> str:
 
 def main(argv: list[str]) -> None:
     del argv
-    common.log_stages()
-    code = common.code_version()
-    start = time.perf_counter()
     config = zoo_config()
     base = pathlib.Path(FLAGS.workdirs) / f"table8_resnet20_n{config.zoo.num_models}_e{config.zoo.epochs}"
-    grow_zoo(config, base)
     runs = [(space, FLAGS.full_flow_iterations if space == "none" else FLAGS.flow_iterations) for space in FLAGS.spaces]
     if FLAGS.full_flow_iterations < FLAGS.flow_iterations and "none" in FLAGS.spaces:
         runs.append((FLAGS.spaces[0], FLAGS.full_flow_iterations))
-    if not runs:
-        return  # --spaces= only grows the zoo
-    rows = [run_space(base, space, iterations) for space, iterations in runs]
-    provenance = common.provenance(time.perf_counter() - start, code)
-    common.write_results("table8_resnet20", {"provenance": provenance, "rows": rows}, markdown(rows, provenance))
+    if not runs:  # --spaces= only grows the zoo
+        common.log_stages()
+        grow_zoo(config, base)
+        return
+
+    def table_rows() -> list[dict]:
+        grow_zoo(config, base)
+        return [run_space(base, space, iterations) for space, iterations in runs]
+
+    common.run_and_write("table8_resnet20", table_rows, markdown)
 
 
 if __name__ == "__main__":
