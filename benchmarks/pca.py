@@ -19,6 +19,7 @@ import resource
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,7 @@ from absl import app, flags
 from sklearn.decomposition import IncrementalPCA
 
 from dwf_jax import pca
+from dwf_jax.zoo_store import MemoryZoo, write_rows
 
 flags.DEFINE_integer("num_models", 100, "Models N in the zoo.")
 flags.DEFINE_integer("dim", 200_000, "Weights D per model.")
@@ -46,15 +48,23 @@ FLAGS = flags.FLAGS
 
 def synthetic_zoo(num_models: int, dim: int, rank: int, noise: float, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    signal = (rng.standard_normal((num_models, rank), np.float32) * np.arange(rank, 0, -1, dtype=np.float32)) @ rng.standard_normal((rank, dim), np.float32)
-    return signal / np.sqrt(dim, dtype=np.float32) + noise * rng.standard_normal((num_models, dim), np.float32) + rng.standard_normal(dim, np.float32)
+    signal = (
+        rng.standard_normal((num_models, rank), np.float32) * np.arange(rank, 0, -1, dtype=np.float32)
+    ) @ rng.standard_normal((rank, dim), np.float32)
+    return (
+        signal / np.sqrt(dim, dtype=np.float32)
+        + noise * rng.standard_normal((num_models, dim), np.float32)
+        + rng.standard_normal(dim, np.float32)
+    )
 
 
 def relative_error(weights: np.ndarray, state: pca.PCAState) -> float:
     """In float64 for every method, so the metric's own rounding does not favour one of them."""
     weights, mean, components = (np.asarray(array, np.float64) for array in (weights, state.mean, state.components))
     centred = weights - mean
-    return float(np.linalg.norm(centred - (centred @ components.T) @ components) / np.linalg.norm(weights - weights.mean(0)))
+    return float(
+        np.linalg.norm(centred - (centred @ components.T) @ components) / np.linalg.norm(weights - weights.mean(0))
+    )
 
 
 def timed(run: Callable[[], pca.PCAState]) -> tuple[float, pca.PCAState]:
@@ -67,23 +77,32 @@ def timed(run: Callable[[], pca.PCAState]) -> tuple[float, pca.PCAState]:
 def table() -> None:
     weights = synthetic_zoo(FLAGS.num_models, FLAGS.dim, FLAGS.rank, FLAGS.noise, FLAGS.seed)
     num_models, dim = weights.shape
-    print(f"zoo: N={num_models} x D={dim} float32, rank {FLAGS.rank} + noise {FLAGS.noise}; JAX {jax.__version__} on {jax.devices()[0].platform}")
+    print(
+        f"zoo: N={num_models} x D={dim} float32, rank {FLAGS.rank} + noise {FLAGS.noise}; "
+        f"JAX {jax.__version__} on {jax.devices()[0].platform}"
+    )
     print("| method | k | batch | wall s | speed-up vs sklearn | rel. recon. error |\n|---|---|---|---|---|---|")
     for num_components in map(int, FLAGS.components):
         batch_size = FLAGS.batch_size or num_components
         micro = FLAGS.micro_batch
         runs = {
-            f"sklearn IncrementalPCA (batch {batch_size})": lambda: _sklearn(weights, num_components, batch_size),
-            "dual, in memory": lambda: pca.fit_dual(jnp.asarray(weights), num_components),
-            f"dual, streamed ({micro} columns/block)": lambda: _streamed(weights, num_components, micro, False),
-            f"dual, streamed fp16 ({micro} columns/block)": lambda: _streamed(weights, num_components, micro, True),
-            f"incremental, ours (batch {batch_size})": lambda: pca.fit_incremental(weights, num_components, batch_size),
+            f"sklearn IncrementalPCA (batch {batch_size})": partial(_sklearn, weights, num_components, batch_size),
+            "dual, in memory": lambda k=num_components: pca.fit_dual(jnp.asarray(weights), k),
+            f"dual, streamed ({micro} columns/block)": partial(_streamed, weights, num_components, micro, False),
+            f"dual, streamed fp16 ({micro} columns/block)": partial(_streamed, weights, num_components, micro, True),
+            f"incremental, ours (batch {batch_size})": partial(
+                pca.fit_incremental, weights, num_components, batch_size
+            ),
         }
         baseline = None
         for name, run in runs.items():
             seconds, state = timed(run)
             baseline = baseline or seconds
-            print(f"| {name} | {num_components} | {batch_size} | {seconds:.2f} | {baseline / seconds:.1f}x | {relative_error(weights, state):.3e} |", flush=True)
+            print(
+                f"| {name} | {num_components} | {batch_size} | {seconds:.2f} | {baseline / seconds:.1f}x "
+                f"| {relative_error(weights, state):.3e} |",
+                flush=True,
+            )
 
 
 def _sklearn(weights: np.ndarray, num_components: int, batch_size: int) -> pca.PCAState:
@@ -92,7 +111,9 @@ def _sklearn(weights: np.ndarray, num_components: int, batch_size: int) -> pca.P
 
 
 def _streamed(weights: np.ndarray, num_components: int, micro_batch: int, fp16: bool) -> pca.PCAState:
-    state, _ = pca.fit_transform_dual_streaming(pca.array_reader(weights), *weights.shape, num_components, micro_batch, fp16=fp16)
+    state, _ = pca.fit_transform_dual_streaming(
+        MemoryZoo(weights).columns, *weights.shape, num_components, micro_batch, fp16=fp16
+    )
     return state
 
 
@@ -102,7 +123,9 @@ def scale_test() -> None:
     zoo_path, components_path = directory / "dwf_pca_scale_zoo.f32", directory / "dwf_pca_scale_components.f32"
     needed, free = 4 * dim * (2 * num_models - 1), shutil.disk_usage(directory).free
     if free < 1.1 * needed:
-        raise SystemExit(f"{directory} has {free / 1e9:.1f} GB free; the scale test needs {needed / 1e9:.1f} GB: pass --scale_dir")
+        raise SystemExit(
+            f"{directory} has {free / 1e9:.1f} GB free; the scale test needs {needed / 1e9:.1f} GB: pass --scale_dir"
+        )
 
     def rows() -> Iterator[np.ndarray]:
         """Synthetic random weights, not a trained zoo: a shared init plus per-model noise, one row at a time."""
@@ -113,19 +136,34 @@ def scale_test() -> None:
 
     try:
         start = time.perf_counter()
-        pca.write_memmap(zoo_path, rows(), dim)
+        zoo = write_rows(zoo_path, rows())
         written = time.perf_counter() - start
-        print(f"wrote synthetic random zoo {num_models} x {dim} float32 ({4 * num_models * dim / 1e9:.2f} GB) to {zoo_path} in {written:.1f} s")
+        print(
+            f"wrote synthetic random zoo {num_models} x {dim} float32 ({4 * num_models * dim / 1e9:.2f} GB) "
+            f"to {zoo_path} in {written:.1f} s"
+        )
         start = time.perf_counter()
         state, _ = pca.fit_transform_dual_streaming(
-            pca.memmap_reader(zoo_path, num_models, dim), num_models, dim, num_models - 1, FLAGS.scale_micro_batch, components_path=components_path
+            zoo.columns,
+            num_models,
+            dim,
+            num_models - 1,
+            FLAGS.scale_micro_batch,
+            components_path=components_path,
         )
         fitted = time.perf_counter() - start
-        print(f"streaming dual PCA, k={num_models - 1}, micro_batch={FLAGS.scale_micro_batch}: {fitted:.1f} s (compilation included)")
-        print(f"total explained variance {float(np.sum(state.explained_variance)):.1f}, expected about D * noise^2 = {dim * noise**2:.1f}")
+        print(
+            f"streaming dual PCA, k={num_models - 1}, micro_batch={FLAGS.scale_micro_batch}: "
+            f"{fitted:.1f} s (compilation included)"
+        )
+        print(
+            f"total explained variance {float(np.sum(state.explained_variance)):.1f}, "
+            f"expected about D * noise^2 = {dim * noise**2:.1f}"
+        )
         print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
     finally:
         zoo_path.unlink(missing_ok=True)
+        zoo_path.with_name(zoo_path.name + ".partial").unlink(missing_ok=True)  # write_rows' file before its rename
         components_path.unlink(missing_ok=True)
 
 

@@ -6,13 +6,22 @@ reasonable time. On a GPU, `--config.pca.method=none` follows the paper's text.
 """
 
 from dwf_jax.config import base_config
+from dwf_jax.models import model_config
 
 
 def get_config():
     config = base_config()
     config.data.name = "cifar10"
-    config.model.name = "resnet20"
-    config.zoo.update(epochs=5, batch_size=128, optimizer="adam", learning_rate=1e-3, weight_decay=0.0, drop_last=True, models_per_chunk=10)
+    config.model = model_config("resnet20")
+    config.zoo.update(
+        epochs=5,
+        batch_size=128,
+        optimizer="adam",
+        learning_rate=1e-3,
+        weight_decay=0.0,
+        drop_last=True,
+        models_per_chunk=10,
+    )
     config.pca.update(method="dual", components=-1)
     config.flow.update(hidden=512, time_embed_dim=64, dropout=0.1)
     config.eval.batch_size = 500

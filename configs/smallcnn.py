@@ -1,13 +1,22 @@
 """SmallCNN on CIFAR-10 (21,914 params, BatchNorm); needs the CIFAR-10 copy under data.dir or tensorflow-datasets."""
 
 from dwf_jax.config import base_config
+from dwf_jax.models import model_config
 
 
 def get_config():
     config = base_config()
     config.data.name = "cifar10"
-    config.model.name = "smallcnn"
-    config.zoo.update(epochs=50, batch_size=128, optimizer="adamw", learning_rate=1e-3, weight_decay=1e-3, drop_last=True, models_per_chunk=25)
+    config.model = model_config("smallcnn")
+    config.zoo.update(
+        epochs=50,
+        batch_size=128,
+        optimizer="adamw",
+        learning_rate=1e-3,
+        weight_decay=1e-3,
+        drop_last=True,
+        models_per_chunk=25,
+    )
     config.flow.update(hidden=512, time_embed_dim=64, dropout=0.1)
     config.eval.batch_size = 1000
     # XLA:CPU runs convolution gradients inside loops and vmaps several times slower

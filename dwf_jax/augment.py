@@ -50,17 +50,34 @@ def _crop_flip_one(key: jax.Array, image: jax.Array, padding: int) -> jax.Array:
     return jnp.where(jax.random.bernoulli(flip_key), crop[:, ::-1], crop)
 
 
+def _unchanged(images: jax.Array) -> jax.Array:
+    return images
+
+
+def _unchanged_train(key: jax.Array, images: jax.Array) -> jax.Array:
+    return images
+
+
+def _cifar10_eval(images: jax.Array) -> jax.Array:
+    return normalize(images, CIFAR10_MEAN, CIFAR10_STD)
+
+
+def _cifar10_train_augmented(key: jax.Array, images: jax.Array) -> jax.Array:
+    return _cifar10_eval(random_crop_flip(key, images))
+
+
+def _cifar10_train_plain(key: jax.Array, images: jax.Array) -> jax.Array:
+    return _cifar10_eval(images)
+
+
 def input_pipeline(dataset_name: str, augment: bool = True) -> InputPipeline:
-    """CIFAR-10: normalise (after crop + flip when training with `augment`); others are stored ready to use."""
+    """CIFAR-10: normalise (after crop + flip when training with `augment`); others are stored ready to use.
+
+    The functions are module-level, so equal pipelines are equal objects and jitted
+    evaluations keyed on them compile once.
+    """
     if dataset_name not in DATASETS:
         raise ValueError(f"unknown dataset {dataset_name!r}; known datasets: {', '.join(DATASETS)}")
     if dataset_name != "cifar10":
-        return InputPipeline(train=lambda key, images: images, eval=lambda images: images)
-
-    def evaluate(images: jax.Array) -> jax.Array:
-        return normalize(images, CIFAR10_MEAN, CIFAR10_STD)
-
-    def train(key: jax.Array, images: jax.Array) -> jax.Array:
-        return evaluate(random_crop_flip(key, images) if augment else images)
-
-    return InputPipeline(train=train, eval=evaluate)
+        return InputPipeline(train=_unchanged_train, eval=_unchanged)
+    return InputPipeline(train=_cifar10_train_augmented if augment else _cifar10_train_plain, eval=_cifar10_eval)

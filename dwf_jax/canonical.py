@@ -14,6 +14,7 @@ import numpy as np
 from dwf_jax import permutations
 
 PyTree = Any
+METHODS = ("rebasin", "none")
 
 
 def align_models(
@@ -27,6 +28,8 @@ def align_models(
     permutations.validate(spec, reference)
     for index, variables in enumerate(models):
         if index != reference_index:
-            match = permutations.weight_matching(jax.random.fold_in(key, index), spec, reference, variables, max_iter=max_iter)
+            match = permutations.weight_matching(
+                jax.random.fold_in(key, index), spec, reference, variables, max_iter=max_iter
+            )
             variables = permutations.apply_permutation(spec, match.perms, variables)
         yield jax.tree.map(np.asarray, variables)

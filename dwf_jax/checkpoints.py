@@ -29,7 +29,8 @@ def check_free_space(directory: pathlib.Path, tree: PyTree) -> None:
     free = shutil.disk_usage(directory).free
     if free < needed:
         raise NotEnoughSpace(
-            f"not enough free space in {directory}: the next stage needs about {needed >> 20} MiB, {free >> 20} MiB are free. "
+            f"not enough free space in {directory}: the next stage needs about {needed >> 20} MiB, "
+            f"{free >> 20} MiB are free. "
             "Free some space and rerun the same command: finished stages are kept."
         )
 

@@ -8,14 +8,11 @@ error before any file is touched.
 import ml_collections
 from ml_collections import config_dict
 
-DATASETS = ("iris", "mnist", "fashion_mnist", "cifar10")
-MODELS = ("mlp", "smallcnn", "resnet20", "resnet18")
-ZOO_OPTIMIZERS = ("adam", "adamw", "sgd")
-INIT_SCHEMES = ("kaiming", "xavier", "normal", "uniform")
-CANONICALIZATION = ("rebasin", "none")
-PCA_METHODS = ("none", "dual", "incremental")
-TIME_DISTRIBUTIONS = ("uniform", "beta")
-ODE_METHODS = ("rk4", "euler")
+from dwf_jax import canonical, flow, pca, zoo
+from dwf_jax.bn_recalibration import CALIBRATION_DATA
+from dwf_jax.data import DATASETS, SOURCES
+from dwf_jax.keys import MAX_MODELS
+from dwf_jax.models import INIT_SCHEMES, MODEL_FIELDS, MODEL_NAMES, model_config
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -31,10 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.source = "auto"  # auto | offline | tfds
     config.data.augment = True  # random crop + flip for image datasets that use it (CIFAR-10)
 
-    config.model = ml_collections.ConfigDict()
-    config.model.name = "mlp"
-    config.model.features = (16, 3)
-    config.model.init_scheme = "kaiming"
+    config.model = model_config("mlp")  # configs of other architectures replace it with model_config(name)
 
     config.zoo = ml_collections.ConfigDict()
     config.zoo.num_models = 100
@@ -111,47 +105,78 @@ def _check_choice(value: str, choices: tuple[str, ...], key: str) -> None:
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raise one ValueError naming the first bad key and the accepted values."""
     _check_choice(config.data.name, DATASETS, "data.name")
-    _check_choice(config.data.source, ("auto", "offline", "tfds"), "data.source")
-    _check_choice(config.model.name, MODELS, "model.name")
-    _check_choice(config.model.init_scheme, INIT_SCHEMES, "model.init_scheme")
-    _check(len(config.model.features) >= 1 and min(config.model.features) >= 1, f"model.features={config.model.features} needs positive widths")
-    zoo, flow, sample = config.zoo, config.flow, config.sample
+    _check_choice(config.data.source, SOURCES, "data.source")
+    _validate_model(config.model)
+    z, f, sample = config.zoo, config.flow, config.sample
     _check(config.models_per_vmap >= 0, f"models_per_vmap={config.models_per_vmap} must be >= 0 (0 = all)")
-    _check(zoo.num_models >= 2, f"zoo.num_models={zoo.num_models}: a zoo needs at least 2 models")
-    _check(zoo.epochs >= 1, f"zoo.epochs={zoo.epochs} must be >= 1")
-    _check(zoo.batch_size >= 1, f"zoo.batch_size={zoo.batch_size} must be >= 1")
-    _check(zoo.checkpoint_every >= 1, f"zoo.checkpoint_every={zoo.checkpoint_every} must be >= 1")
-    _check(zoo.models_per_chunk >= 1, f"zoo.models_per_chunk={zoo.models_per_chunk} must be >= 1")
-    _check_choice(zoo.optimizer, ZOO_OPTIMIZERS, "zoo.optimizer")
-    _check_choice(zoo.schedule, ("none", "cosine"), "zoo.schedule")
-    _check(zoo.learning_rate > 0, f"zoo.learning_rate={zoo.learning_rate} must be > 0")
-    _check_choice(config.canonical.method, CANONICALIZATION, "canonical.method")
-    _check(0 <= config.canonical.reference < zoo.num_models, f"canonical.reference={config.canonical.reference} must index a zoo model (0..{zoo.num_models - 1})")
+    _check(
+        2 <= z.num_models < MAX_MODELS,
+        f"zoo.num_models={z.num_models}: a zoo needs at least 2 models (and fewer than 2**31)",
+    )
+    _check(z.epochs >= 1, f"zoo.epochs={z.epochs} must be >= 1")
+    _check(z.batch_size >= 1, f"zoo.batch_size={z.batch_size} must be >= 1")
+    _check(z.checkpoint_every >= 1, f"zoo.checkpoint_every={z.checkpoint_every} must be >= 1")
+    _check(z.models_per_chunk >= 1, f"zoo.models_per_chunk={z.models_per_chunk} must be >= 1")
+    _check_choice(z.optimizer, zoo.OPTIMIZERS, "zoo.optimizer")
+    _check_choice(z.schedule, zoo.SCHEDULES, "zoo.schedule")
+    _check(z.learning_rate > 0, f"zoo.learning_rate={z.learning_rate} must be > 0")
+    _check_choice(config.canonical.method, canonical.METHODS, "canonical.method")
+    _check(
+        0 <= config.canonical.reference < z.num_models,
+        f"canonical.reference={config.canonical.reference} must index a zoo model (0..{z.num_models - 1})",
+    )
     _check(config.canonical.max_iter >= 1, f"canonical.max_iter={config.canonical.max_iter} must be >= 1")
-    _check_choice(config.pca.method, PCA_METHODS, "pca.method")
+    _check_choice(config.pca.method, pca.METHODS, "pca.method")
     if config.pca.method != "none":
         _check(
-            config.pca.components == -1 or 1 <= config.pca.components <= zoo.num_models - 1,
-            f"pca.components={config.pca.components} must be -1 (all) or in [1, zoo.num_models - 1 = {zoo.num_models - 1}]",
+            config.pca.components == -1 or 1 <= config.pca.components <= z.num_models - 1,
+            f"pca.components={config.pca.components} must be -1 (all) "
+            f"or in [1, zoo.num_models - 1 = {z.num_models - 1}]",
         )
     _check(
-        not zoo.on_disk or config.pca.method == "dual",
-        f"zoo.on_disk needs pca.method='dual', got {config.pca.method!r} (the flow cannot hold full weights of a zoo that does not fit in memory)",
+        not z.on_disk or config.pca.method != "none",
+        "zoo.on_disk needs pca.method 'dual' or 'incremental' "
+        "(the flow cannot hold full weights of a zoo that does not fit in memory)",
     )
     _check(config.pca.batch_size >= 1, f"pca.batch_size={config.pca.batch_size} must be >= 1")
-    _check(config.pca.micro_batch >= 0, f"pca.micro_batch={config.pca.micro_batch} must be >= 0 (0 = the whole zoo at once)")
-    _check_choice(config.pca.solver, ("eigh", "randomized"), "pca.solver")
-    _check(flow.hidden >= 2 and flow.hidden % 2 == 0, f"flow.hidden={flow.hidden} must be even and >= 2 (the middle layer is hidden/2)")
-    _check(flow.time_embed_dim >= 1, f"flow.time_embed_dim={flow.time_embed_dim} must be >= 1")
-    _check(0.0 <= flow.dropout < 1.0, f"flow.dropout={flow.dropout} must be in [0, 1)")
-    _check(flow.iterations >= 1, f"flow.iterations={flow.iterations} must be >= 1")
-    _check(flow.batch_size >= 1, f"flow.batch_size={flow.batch_size} must be >= 1")
-    _check(flow.steps_per_dispatch >= 1, f"flow.steps_per_dispatch={flow.steps_per_dispatch} must be >= 1")
-    _check(flow.checkpoint_every >= 1, f"flow.checkpoint_every={flow.checkpoint_every} must be >= 1")
-    _check(flow.source_std > 0 and flow.sigma >= 0, "flow.source_std must be > 0 and flow.sigma >= 0")
-    _check_choice(flow.time_distribution, TIME_DISTRIBUTIONS, "flow.time_distribution")
+    _check(
+        config.pca.micro_batch >= 0,
+        f"pca.micro_batch={config.pca.micro_batch} must be >= 0 (0 = the whole zoo at once)",
+    )
+    _check_choice(config.pca.solver, pca.SOLVERS, "pca.solver")
+    _check(
+        f.hidden >= 2 and f.hidden % 2 == 0,
+        f"flow.hidden={f.hidden} must be even and >= 2 (the middle layer is hidden/2)",
+    )
+    _check(f.time_embed_dim >= 1, f"flow.time_embed_dim={f.time_embed_dim} must be >= 1")
+    _check(0.0 <= f.dropout < 1.0, f"flow.dropout={f.dropout} must be in [0, 1)")
+    _check(f.iterations >= 1, f"flow.iterations={f.iterations} must be >= 1")
+    _check(f.batch_size >= 1, f"flow.batch_size={f.batch_size} must be >= 1")
+    _check(f.steps_per_dispatch >= 1, f"flow.steps_per_dispatch={f.steps_per_dispatch} must be >= 1")
+    _check(f.checkpoint_every >= 1, f"flow.checkpoint_every={f.checkpoint_every} must be >= 1")
+    _check(f.source_std > 0 and f.sigma >= 0, "flow.source_std must be > 0 and flow.sigma >= 0")
+    _check_choice(f.time_distribution, flow.TIME_DISTRIBUTIONS, "flow.time_distribution")
     _check(sample.num_samples >= 1, f"sample.num_samples={sample.num_samples} must be >= 1")
     _check(sample.steps >= 1, f"sample.steps={sample.steps} must be >= 1")
-    _check_choice(sample.method, ODE_METHODS, "sample.method")
-    _check_choice(config.bn.data, ("train", "test"), "bn.data")
+    _check_choice(sample.method, flow.ODE_METHODS, "sample.method")
+    _check_choice(config.bn.data, CALIBRATION_DATA, "bn.data")
     _check(config.bn.num_batches >= 1 and config.bn.batch_size >= 1, "bn.num_batches and bn.batch_size must be >= 1")
+
+
+def _validate_model(model: ml_collections.ConfigDict) -> None:
+    """The model's name, and exactly the fields that architecture reads."""
+    _check_choice(model.name, MODEL_NAMES, "model.name")
+    extra = sorted(set(model.keys()) - {"name", *MODEL_FIELDS[model.name]})
+    _check(
+        not extra,
+        f"model.{extra[0] if extra else ''} is not a field of model {model.name!r} "
+        f"(its fields: {sorted(MODEL_FIELDS[model.name]) or 'none'})",
+    )
+    missing = sorted(set(MODEL_FIELDS[model.name]) - set(model.keys()))
+    _check(not missing, f"model.{missing[0] if missing else ''} is missing for model {model.name!r}")
+    if model.name == "mlp":
+        _check_choice(model.init_scheme, tuple(INIT_SCHEMES), "model.init_scheme")
+        _check(
+            len(model.features) >= 1 and min(model.features) >= 1,
+            f"model.features={model.features} needs positive widths",
+        )

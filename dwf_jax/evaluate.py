@@ -1,6 +1,8 @@
-"""Accuracy of whole ensembles (one jitted apply over the model axis) and their novelty in weight space."""
+"""Accuracy of whole ensembles (one jitted apply over the model axis) and their distances in weight space."""
 
-from typing import Any, Callable
+from collections.abc import Callable
+from functools import partial
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -8,8 +10,27 @@ import jax.numpy as jnp
 import numpy as np
 
 from dwf_jax.ensemble import map_models
+from dwf_jax.zoo_store import MemoryZoo, ZooStore, map_column_blocks, stacked_columns
 
 PyTree = Any
+
+
+@partial(jax.jit, static_argnames=("model", "transform", "models_per_vmap"))
+def _correct_in_batch(
+    stacked_variables: PyTree,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    model: nn.Module,
+    transform: Callable,
+    models_per_vmap: int,
+) -> jax.Array:
+    """Correct predictions of every model on one batch; compiled once per (model, transform, shapes)."""
+    inputs = transform(x)
+    logits = map_models(
+        lambda variables: model.apply(variables, inputs, train=False), stacked_variables, models_per_vmap
+    )
+    return jnp.sum(jnp.argmax(logits, axis=-1) == y[None, :], axis=1)
 
 
 def ensemble_accuracy(
@@ -21,30 +42,77 @@ def ensemble_accuracy(
     transform: Callable[[jax.Array], jax.Array] = lambda images: images,
     models_per_vmap: int = 0,
 ) -> np.ndarray:
-    """Test accuracy (percent) of every model in a stacked zoo (eval mode); the test set is streamed in batches."""
+    """Test accuracy (percent) of every model in a stacked zoo (eval mode); the test set is streamed in batches.
 
-    @jax.jit
-    def correct_in_batch(variables, xb, yb):
-        inputs = transform(xb)
-        logits = map_models(lambda v: model.apply(v, inputs, train=False), variables, models_per_vmap)
-        return jnp.sum(jnp.argmax(logits, axis=-1) == yb[None, :], axis=1)
-
-    correct = sum(
-        np.asarray(correct_in_batch(stacked_variables, x[start : start + batch_size], y[start : start + batch_size]))
+    `transform` must be a function that lives as long as the program (e.g. from
+    `augment.input_pipeline`): it keys the compilation cache.
+    """
+    correct = partial(_correct_in_batch, model=model, transform=transform, models_per_vmap=models_per_vmap)
+    total = sum(
+        np.asarray(correct(stacked_variables, x[start : start + batch_size], y[start : start + batch_size]))
         for start in range(0, len(x), batch_size)
     )
-    return 100.0 * correct / len(x)
+    return 100.0 * total / len(x)
 
 
 def summary(values: np.ndarray) -> dict[str, float]:
     values = np.asarray(values, dtype=np.float64)
-    return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()), "max": float(values.max())}
+    return {
+        "mean": float(values.mean()),
+        "std": float(values.std()),
+        "min": float(values.min()),
+        "max": float(values.max()),
+    }
 
 
-@jax.jit
-def pairwise_distances(a: jax.Array, b: jax.Array) -> jax.Array:
-    """Euclidean distances between rows of a (M, D) and b (N, D), one row of a at a time (exact near zero)."""
-    return jax.lax.map(lambda row: jnp.linalg.norm(b - row, axis=1), a)
+@partial(jax.jit, static_argnames="num_targets")
+def _block_squared_distances(block: jax.Array, num_targets: int) -> jax.Array:
+    """Squared distances within this block from every row to each of the first `num_targets` rows, one row at a time."""
+    targets = block[:num_targets]
+    return jax.lax.map(lambda row: jnp.sum(jnp.square(targets - row), axis=1), block)
+
+
+def distances_to(targets: ZooStore, others: ZooStore, block: int) -> np.ndarray:
+    """Euclidean distances (targets + others, targets) from every model of both stores to each target.
+
+    Streamed in blocks of `block` columns, so neither store need fit in memory. Squared
+    differences are summed block by block (float64 across blocks), never as
+    |a|^2 + |b|^2 - 2ab, so identical models are exactly 0 apart.
+    """
+    num_rows = targets.num_models + others.num_models
+    total = np.zeros((num_rows, targets.num_models))
+    step = partial(_block_squared_distances, num_targets=targets.num_models)
+    for _, _, part in map_column_blocks(
+        step, stacked_columns(targets.columns, others.columns), num_rows, targets.dim, block
+    ):
+        total += np.asarray(part)
+    return np.sqrt(total)
+
+
+class Distances(NamedTuple):
+    """The weight-space distances a report summarises."""
+
+    num_params: int
+    to_reference_before: np.ndarray  # (N,) original models to the original reference model
+    to_reference_after: np.ndarray  # (N,) canonical models to the canonical reference model
+    generated_to_canonical: np.ndarray  # (M, N)
+    canonical_to_canonical: np.ndarray  # (N, N)
+
+
+def zoo_distances(
+    reference: int, original: ZooStore, canonical: ZooStore, generated: ZooStore, block: int
+) -> Distances:
+    """The report's distances, streamed over column blocks of the three stores."""
+    num_models = canonical.num_models
+    before = distances_to(MemoryZoo(original.read(reference)[None]), original, block)
+    together = distances_to(canonical, generated, block)
+    return Distances(
+        num_params=canonical.dim,
+        to_reference_before=before[1:, 0],
+        to_reference_after=together[:num_models, reference],
+        generated_to_canonical=together[num_models:],
+        canonical_to_canonical=together[:num_models],
+    )
 
 
 def novelty(to_originals: np.ndarray, among_originals: np.ndarray) -> dict[str, dict[str, float]]:

@@ -12,7 +12,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from tqdm.auto import tqdm
 
-from dwf_jax import checkpoints, flow
+from dwf_jax import checkpoints, flow, keys
+from dwf_jax.zoo_store import check_finite
 
 PyTree = Any
 
@@ -22,24 +23,35 @@ def build_flow(config: ml_collections.ConfigDict, dim: int) -> flow.VelocityFiel
     return flow.VelocityField(dim=dim, hidden=f.hidden, time_embed_dim=f.time_embed_dim, dropout=f.dropout)
 
 
-def train_flow_stage(config: ml_collections.ConfigDict, weights: jax.Array, workdir: pathlib.Path, progress: bool) -> PyTree:
-    """Train the flow on the (N, D) canonical weights, checkpointing every `flow.checkpoint_every` steps."""
+def train_flow_stage(
+    config: ml_collections.ConfigDict, weights: jax.Array, checkpoint_dir: pathlib.Path, progress: bool
+) -> PyTree:
+    """Train the flow on the zoo in its space ((N, D) weights or (N, k) coefficients), with checkpoints."""
     f = config.flow
     model = build_flow(config, weights.shape[1])
     tx = flow.make_optimizer(f.learning_rate, f.weight_decay, f.iterations)
-    root = jax.random.fold_in(jax.random.key(config.seed), 2)
+    root = keys.stage_key(config.seed, "flow")
     state = flow.create_flow_state(model, tx, jax.random.fold_in(root, 0))
     batch_size = min(f.batch_size, weights.shape[0])
     if batch_size < f.batch_size:
-        logging.warning("flow: batch size %d exceeds the zoo (%d models); using %d", f.batch_size, weights.shape[0], batch_size)
+        logging.warning(
+            "flow: batch size %d exceeds the zoo (%d models); using %d", f.batch_size, weights.shape[0], batch_size
+        )
     train_chunk = flow.make_train_chunk(
-        model, tx, batch_size=batch_size, source_std=f.source_std, sigma=f.sigma,
-        time_distribution=f.time_distribution, beta=tuple(f.beta),
+        model,
+        tx,
+        batch_size=batch_size,
+        source_std=f.source_std,
+        sigma=f.sigma,
+        time_distribution=f.time_distribution,
+        beta=tuple(f.beta),
     )
-    manager = checkpoints.manager(workdir / "flow_checkpoints")
+    manager = checkpoints.manager(checkpoint_dir)
     losses = np.zeros(f.iterations, np.float32)
     if manager.latest_step() is not None:
-        saved = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore({"state": state, "losses": losses}))
+        saved = manager.restore(
+            manager.latest_step(), args=ocp.args.StandardRestore({"state": state, "losses": losses})
+        )
         state, losses = flow.FlowState(*saved["state"]), saved["losses"]
         logging.info("flow: resuming from step %d", int(state.step))
     train_key = jax.random.fold_in(root, 1)
@@ -51,7 +63,10 @@ def train_flow_stage(config: ml_collections.ConfigDict, weights: jax.Array, work
         state, chunk_losses = train_chunk(state, train_key, weights, num_steps)
         losses[step : step + num_steps] = np.asarray(chunk_losses)
         if not np.all(np.isfinite(chunk_losses)):
-            raise FloatingPointError(f"flow loss became non-finite near step {step + num_steps}; last good checkpoint: step {manager.latest_step()}")
+            raise FloatingPointError(
+                f"flow loss became non-finite near step {step + num_steps}; "
+                f"last good checkpoint: step {manager.latest_step()}"
+            )
         if int(state.step) % f.checkpoint_every == 0 or int(state.step) == f.iterations:
             manager.save(int(state.step), args=ocp.args.StandardSave({"state": state, "losses": losses}))
         bar.update(num_steps)
@@ -59,29 +74,45 @@ def train_flow_stage(config: ml_collections.ConfigDict, weights: jax.Array, work
     bar.close()
     manager.wait_until_finished()
     steps_run = f.iterations - start_step
-    logging.info("flow: %d steps in this run, %.2f ms/step", steps_run, 1e3 * (time.perf_counter() - start) / max(1, steps_run))
+    logging.info(
+        "flow: %d steps in this run, %.2f ms/step", steps_run, 1e3 * (time.perf_counter() - start) / max(1, steps_run)
+    )
     num_params = sum(leaf.size for leaf in jax.tree.leaves(state.params))
     return {"params": state.params, "losses": losses, "num_params": np.asarray(num_params)}
 
 
-def sample_stage(config: ml_collections.ConfigDict, flow_params: PyTree, dim: int, progress: bool) -> jax.Array:
-    """The whole generated ensemble (in the flow's space) from one integration of the flow."""
+def sample_stage(
+    config: ml_collections.ConfigDict, flow_params: PyTree, dim: int, progress: bool, advice: str
+) -> np.ndarray:
+    """The whole generated ensemble (in the flow's space) from one integration; NaN/Inf is an error with `advice`."""
     s = config.sample
     model = build_flow(config, dim)
 
     def velocity(x, t):
         return model.apply({"params": flow_params}, x, t, train=False)
 
-    key = jax.random.fold_in(jax.random.key(config.seed), 3)
+    key = keys.stage_key(config.seed, "sample")
     bar = tqdm(total=s.steps, desc="sampling", unit="ODE step", disable=not progress)
     start = time.perf_counter()
     sample = jax.jit(
         lambda k: flow.sample_ensemble(
-            velocity, k, s.num_samples, dim, source_std=config.flow.source_std, num_steps=s.steps, method=s.method,
+            velocity,
+            k,
+            s.num_samples,
+            dim,
+            source_std=config.flow.source_std,
+            num_steps=s.steps,
+            method=s.method,
             on_step=(lambda _: bar.update(1)) if progress else None,
         )
     )
-    samples = jax.block_until_ready(sample(key))
+    samples = np.asarray(sample(key))
     bar.close()
-    logging.info("sampling: %d models, %d flow evaluations, %.2f s (incl. compile)", s.num_samples, flow.num_function_evals(s.method, s.steps), time.perf_counter() - start)
+    check_finite(samples, "generated weights", advice)
+    logging.info(
+        "sampling: %d models, %d flow evaluations, %.2f s (incl. compile)",
+        s.num_samples,
+        flow.num_function_evals(s.method, s.steps),
+        time.perf_counter() - start,
+    )
     return samples

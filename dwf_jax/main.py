@@ -13,8 +13,8 @@ from ml_collections import config_flags
 
 from dwf_jax import pipeline, report
 from dwf_jax.checkpoints import CheckpointError, NotEnoughSpace
-from dwf_jax.ensemble import NonFiniteWeights
-from dwf_jax.workdir import WorkdirBusy
+from dwf_jax.workdir import Workdir, WorkdirBusy
+from dwf_jax.zoo_store import NonFiniteWeights
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where stages and report.json go (default: workdirs/<config name>).")
@@ -24,7 +24,15 @@ config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/iris_
 flags.mark_flags_as_required(["config"])
 
 # Errors that describe bad input; they are printed as one line, without a traceback.
-INPUT_ERRORS = (ValueError, FileNotFoundError, PermissionError, CheckpointError, NotEnoughSpace, NonFiniteWeights, WorkdirBusy)
+INPUT_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    PermissionError,
+    CheckpointError,
+    NotEnoughSpace,
+    NonFiniteWeights,
+    WorkdirBusy,
+)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -38,7 +46,10 @@ def parse_flags(argv: list[str]) -> list[str]:
         suggestion = re.search(r'Did you mean "([^"]+)"', text)
         hint = f' (did you mean "{suggestion.group(1)}"?)' if suggestion else ""
         culprits = [arg for arg in argv if arg.startswith("--config.") and f".{name}" in arg.split("=")[0]]
-        sys.exit(f"dwf_jax: unknown config key {name!r} in {' '.join(culprits or argv[1:])}{hint}; the config file lists the valid keys.")
+        sys.exit(
+            f"dwf_jax: unknown config key {name!r} in {' '.join(culprits or argv[1:])}{hint}; "
+            "the config file lists the valid keys."
+        )
 
 
 def main(argv: list[str]) -> None:
@@ -56,7 +67,7 @@ def main(argv: list[str]) -> None:
             raise
         sys.exit(f"dwf_jax: error: {error}")
     print(report.format_summary(result))
-    print(f"report: {workdir / report.REPORT_FILE}")
+    print(f"report: {Workdir(workdir).report}")
 
 
 if __name__ == "__main__":

@@ -1,62 +1,37 @@
-"""The DeepWeightFlow pipeline: zoo -> canonical zoo -> flow -> samples -> report.
+"""The DeepWeightFlow pipeline: zoo -> canonical zoo -> (PCA) -> flow -> samples -> evaluations -> report.
 
-Each stage is saved under the workdir and loaded instead of recomputed when
-the same config runs again. This module holds zoos in memory; with zoo.on_disk
-the zoo-sized arrays live in files instead (dwf_jax.pipeline_on_disk).
+One sequence of stages over zoo stores: `zoo.on_disk` only picks whether the
+zoo-sized matrices are read into memory (`MemoryZoo`) or a piece at a time from
+their files (`FileZoo`); what every stage saves is the same either way. Each
+stage is saved under the workdir and loaded instead of recomputed when the same
+config runs again.
 """
 
 import pathlib
-import shutil
-from functools import partial
-from typing import Callable
+from collections.abc import Callable
+from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
-from dwf_jax import pca, pipeline_on_disk, report
-from dwf_jax.canonical import align_models
+from dwf_jax import report, stages
 from dwf_jax.config import pca_components, validate_config
 from dwf_jax.data import Dataset, load_dataset
-from dwf_jax.checkpoints import CheckpointError
-from dwf_jax.ensemble import architecture_mismatch, check_finite
-from dwf_jax.flatten import flatten_zoo, unflattener, unstack
+from dwf_jax.evaluate import zoo_distances
 from dwf_jax.flow_stage import sample_stage, train_flow_stage
-from dwf_jax.models import build_model, permutation_spec
-from dwf_jax.stages import Evaluator, PyTree, Stages, evaluator, expected_zoo, recalibrate_stage, train_chunks
-from dwf_jax.workdir import check_config, locked, record_config
+from dwf_jax.pca import inverse_transform_to_file
+from dwf_jax.workdir import Workdir, check_config, locked, record_config
+from dwf_jax.zoo_store import Flattener, ZooStore, write_rows
 
 
-def train_zoo_stage(
-    config: ml_collections.ConfigDict, dataset: Dataset, evaluate: Evaluator, workdir: pathlib.Path, progress: bool
-) -> PyTree:
-    """All models, chunk by chunk, then their test accuracy."""
-    variables = jax.tree.map(lambda *leaves: np.concatenate(leaves), *train_chunks(config, dataset, workdir, progress))
-    check_finite(variables, "zoo training", "Lower zoo.learning_rate, or check the data.")
-    return {"variables": variables, "test_accuracy": evaluate(variables)}
+class WeightSpace(NamedTuple):
+    """Where the flow lives: the zoo as the flow sees it, and the way back to full weights."""
 
-
-def canonicalize_stage(config: ml_collections.ConfigDict, variables: PyTree, evaluate: Evaluator) -> PyTree:
-    """Git Re-Basin weight matching of every model to the reference model."""
-    models = (unstack(variables, index) for index in range(config.zoo.num_models))
-    if config.canonical.method == "rebasin":
-        reference = unstack(variables, config.canonical.reference)
-        key = jax.random.fold_in(jax.random.key(config.seed), 1)
-        spec = permutation_spec(config.model)
-        models = align_models(key, spec, reference, models, config.canonical.reference, config.canonical.max_iter)
-    canonical = jax.tree.map(lambda *leaves: np.stack(leaves), *models)
-    return {"variables": canonical, "test_accuracy": evaluate(canonical)}
-
-
-def generate(
-    config: ml_collections.ConfigDict, flow_params: PyTree, dim: int, to_weights: Callable, workdir: pathlib.Path, progress: bool
-) -> PyTree:
-    """Sample the ensemble and map it to full weights; a diverged flow is an error, not a silent report."""
-    weights = np.asarray(to_weights(sample_stage(config, flow_params, dim, progress)))
-    check_finite(weights, "generated weights", f"The flow diverged: delete {workdir / 'flow'} and retrain with a lower flow.learning_rate.")
-    return {"weights": weights}
+    description: str
+    data: np.ndarray  # (N, k): the zoo in this space
+    write_weights: Callable[[np.ndarray, pathlib.Path], ZooStore]  # (M, k) samples -> (M, D) weight file
 
 
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, progress: bool = True) -> dict:
@@ -66,48 +41,79 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, progress: bool
     check_config(workdir, config)
     with locked(workdir):
         record_config(workdir, config)
-        return _run_stages(config, dataset, workdir, progress)
+        return run_stages(config, dataset, Workdir(workdir), progress)
 
 
-def _run_stages(config: ml_collections.ConfigDict, dataset: Dataset, workdir: pathlib.Path, progress: bool) -> dict:
-    logging.info("data %s: %d train / %d test from %s", dataset.name, len(dataset.x_train), len(dataset.x_test), dataset.source)
-    if config.zoo.on_disk:
-        return pipeline_on_disk.run_stages(config, dataset, workdir, progress)
-    stages = Stages(workdir)
-    model = build_model(config.model)
-    evaluate = evaluator(config, model, dataset)
-
-    zoo_result = stages.run("zoo", lambda: train_zoo_stage(config, dataset, evaluate, workdir, progress))
-    shutil.rmtree(workdir / "zoo_chunks", ignore_errors=True)
-    canonical = stages.run("canonical", lambda: canonicalize_stage(config, zoo_result["variables"], evaluate))
-    expected = expected_zoo(config, model, dataset)
-    for name, stage in (("zoo", zoo_result), ("canonical", canonical)):
-        difference = architecture_mismatch(expected, stage["variables"])
-        if difference:
-            raise CheckpointError(f"checkpoint {workdir / name} holds another architecture ({difference}); delete it to recompute that stage")
-
-    weights = jnp.asarray(flatten_zoo(canonical["variables"]))
-    flow_data, to_weights, weight_space = weights, lambda x: x, f"full weights (D={weights.shape[1]})"
-    if config.pca.method != "none":
-        options = dict(batch_size=config.pca.batch_size, micro_batch=config.pca.micro_batch, fp16=config.pca.fp16, solver=config.pca.solver)
-        fitted = stages.run("pca", lambda: pca.fit(config.pca.method, weights, pca_components(config), **options)._asdict())
-        pca_state = pca.PCAState(**{name: jnp.asarray(value) for name, value in fitted.items()})
-        flow_data, to_weights = pca.transform(pca_state, weights), partial(pca.inverse_transform, pca_state)
-        weight_space = f"{config.pca.method} PCA, {pca_components(config)} components of D={weights.shape[1]}"
-    flow = stages.run("flow", lambda: train_flow_stage(config, flow_data, workdir, progress))
-    samples = stages.run("samples", lambda: generate(config, flow["params"], flow_data.shape[1], to_weights, workdir, progress))
-
-    generated = unflattener(unstack(canonical["variables"], 0))(samples["weights"])
-    generated_accuracy = {"as_generated": stages.accuracy("eval_generated", lambda: evaluate(generated))}
-    if "batch_stats" in generated and config.bn.recalibrate:
-        statistics = stages.run("bn_stats", lambda: recalibrate_stage(config, model, generated, dataset))
-        generated_accuracy["bn_recalibrated"] = stages.accuracy("eval_recalibrated", lambda: evaluate({**generated, **statistics}))
-    result = report.build_report(
-        config=config, dataset=dataset, original_accuracy=zoo_result["test_accuracy"],
-        canonical_accuracy=canonical["test_accuracy"], distances=report.distances_in_memory(
-            config.canonical.reference, np.asarray(flatten_zoo(zoo_result["variables"])), np.asarray(weights), samples["weights"]
-        ),
-        generated_accuracy=generated_accuracy, flow=flow, weight_space=weight_space, timings=stages.timings,
+def weight_space(
+    config: ml_collections.ConfigDict, canonical: ZooStore, flattener: Flattener, work: Workdir
+) -> WeightSpace:
+    """Full weights (the identity space, pca.method none) or the PCA stage's coefficients."""
+    if config.pca.method == "none":
+        return WeightSpace(
+            f"full weights (D={canonical.dim})",
+            canonical.rows(0, canonical.num_models),
+            lambda samples, path: write_rows(path, samples),
+        )
+    fitted = work.run("pca", lambda: stages.reduce(config, canonical, work))
+    num_components = pca_components(config)
+    state = stages.pca_state(config, work, fitted, flattener)
+    return WeightSpace(
+        f"{config.pca.method} PCA, {num_components} components of D={canonical.dim}",
+        fitted["coefficients"],
+        lambda samples, path: inverse_transform_to_file(state, samples, path, stages.block_size(config)),
     )
-    report.write(workdir, result)
+
+
+def generate(
+    config: ml_collections.ConfigDict, flow_params: dict, space: WeightSpace, work: Workdir, progress: bool
+) -> dict:
+    """Sample the ensemble in the flow's space and write its full weights; a diverged flow is an error."""
+    advice = f"The flow diverged: delete {work.stage('flow')} and retrain with a lower flow.learning_rate."
+    samples = sample_stage(config, flow_params, space.data.shape[1], progress, advice)
+    space.write_weights(samples, work.matrix_file("samples"))
+    return {"samples": samples}
+
+
+def run_stages(config: ml_collections.ConfigDict, dataset: Dataset, work: Workdir, progress: bool) -> dict:
+    """Run (or resume) every stage in `work` and write the report."""
+    logging.info(
+        "data %s: %d train / %d test from %s", dataset.name, len(dataset.x_train), len(dataset.x_test), dataset.source
+    )
+    template = stages.model_template(config, dataset)
+    flattener = Flattener(template)
+    evaluate = stages.evaluator(config, dataset)
+    num_models, group = config.zoo.num_models, config.zoo.models_per_chunk
+
+    zoo_stage = work.run("zoo", lambda: stages.train_zoo(config, dataset, flattener, evaluate, work, progress))
+    work.remove_zoo_chunks()
+    original = stages.open_stage(config, work, "zoo", num_models, flattener)
+    canonical_stage = work.run("canonical", lambda: stages.canonicalize(config, original, flattener, evaluate, work))
+    canonical = stages.open_stage(config, work, "canonical", num_models, flattener)
+    space = weight_space(config, canonical, flattener, work)
+    flow = work.run("flow", lambda: train_flow_stage(config, jnp.asarray(space.data), work.flow_checkpoints, progress))
+    work.run("samples", lambda: generate(config, flow["params"], space, work, progress))
+    generated = stages.open_stage(config, work, "samples", config.sample.num_samples, flattener)
+
+    accuracy = {
+        "as_generated": work.accuracy(
+            "eval_generated", lambda: stages.store_accuracy(evaluate, generated, flattener, group)
+        )
+    }
+    if "batch_stats" in template and config.bn.recalibrate:
+        statistics = work.run("bn_stats", lambda: stages.recalibrate(config, dataset, generated, flattener))
+        accuracy["bn_recalibrated"] = work.accuracy(
+            "eval_recalibrated", lambda: stages.store_accuracy(evaluate, generated, flattener, group, statistics)
+        )
+    result = report.build_report(
+        config=config,
+        dataset=dataset,
+        original_accuracy=zoo_stage["test_accuracy"],
+        canonical_accuracy=canonical_stage["test_accuracy"],
+        distances=zoo_distances(config.canonical.reference, original, canonical, generated, stages.block_size(config)),
+        generated_accuracy=accuracy,
+        flow=flow,
+        weight_space=space.description,
+        timings=work.timings,
+    )
+    report.write(result, work.report, work.figure)
     return result

@@ -1,7 +1,7 @@
 """report.json, a readable summary, and a figure of original vs generated accuracy."""
 
 import pathlib
-from typing import Any, NamedTuple
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -9,34 +9,7 @@ from matplotlib.figure import Figure
 
 from dwf_jax import checkpoints, flow
 from dwf_jax.data import Dataset
-from dwf_jax.evaluate import novelty, pairwise_distances, summary
-
-REPORT_FILE = "report.json"
-FIGURE_FILE = "accuracy.png"
-
-
-class Distances(NamedTuple):
-    """The weight-space distances the report summarises: computed from matrices in memory, or streamed from zoo files."""
-
-    num_params: int
-    to_reference_before: np.ndarray  # (N,) original models to the original reference model
-    to_reference_after: np.ndarray  # (N,) canonical models to the canonical reference model
-    num_nonfinite: int  # generated models with NaN/Inf weights, left out of the novelty
-    generated_to_canonical: np.ndarray  # (M finite, N)
-    canonical_to_canonical: np.ndarray  # (N, N)
-
-
-def distances_in_memory(reference: int, original: np.ndarray, canonical: np.ndarray, generated: np.ndarray) -> Distances:
-    """`Distances` of (N, D), (N, D) and (M, D) weight matrices."""
-    finite = np.all(np.isfinite(generated), axis=1)
-    return Distances(
-        num_params=int(original.shape[1]),
-        to_reference_before=np.linalg.norm(original - original[reference], axis=1),
-        to_reference_after=np.linalg.norm(canonical - canonical[reference], axis=1),
-        num_nonfinite=int(np.sum(~finite)),
-        generated_to_canonical=np.asarray(pairwise_distances(generated[finite], canonical)) if finite.any() else np.zeros((0, len(canonical))),
-        canonical_to_canonical=np.asarray(pairwise_distances(canonical, canonical)),
-    )
+from dwf_jax.evaluate import Distances, novelty, summary
 
 
 def build_report(
@@ -58,9 +31,18 @@ def build_report(
     """
     final_accuracy = generated_accuracy.get("bn_recalibrated", generated_accuracy["as_generated"])
     return {
-        "dataset": {"name": dataset.name, "source": dataset.source, "train": len(dataset.x_train), "test": len(dataset.x_test)},
-        "model": {"name": config.model.name, "features": list(config.model.features), "num_params": distances.num_params},
-        "original": {"num_models": len(original_accuracy), "accuracy": summary(original_accuracy), "per_model": np.round(original_accuracy, 4).tolist()},
+        "dataset": {
+            "name": dataset.name,
+            "source": dataset.source,
+            "train": len(dataset.x_train),
+            "test": len(dataset.x_test),
+        },
+        "model": {**model_fields(config.model), "num_params": distances.num_params},
+        "original": {
+            "num_models": len(original_accuracy),
+            "accuracy": summary(original_accuracy),
+            "per_model": np.round(original_accuracy, 4).tolist(),
+        },
         "canonicalization": {
             "method": config.canonical.method,
             "max_accuracy_change": float(np.max(np.abs(canonical_accuracy - original_accuracy))),
@@ -75,17 +57,21 @@ def build_report(
         },
         "generated": {
             "num_samples": len(final_accuracy),
-            "num_nonfinite": distances.num_nonfinite,
             "accuracy": summary(final_accuracy),
             "per_model": np.round(final_accuracy, 4).tolist(),
             **bn_section(config, generated_accuracy),
             "ode_method": config.sample.method,
             "ode_steps": config.sample.steps,
             "nfe": flow_nfe(config),
-            "novelty": novelty(distances.generated_to_canonical, distances.canonical_to_canonical) if len(distances.generated_to_canonical) else {},
+            "novelty": novelty(distances.generated_to_canonical, distances.canonical_to_canonical),
         },
         "timings": {name: round(seconds, 3) for name, seconds in timings.items()},
     }
+
+
+def model_fields(model_config: ml_collections.ConfigDict) -> dict:
+    """The model's name and the fields its architecture reads (config.model holds only those), JSON-ready."""
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in model_config.items()}
 
 
 def bn_section(config: ml_collections.ConfigDict, generated_accuracy: dict[str, np.ndarray]) -> dict:
@@ -94,7 +80,11 @@ def bn_section(config: ml_collections.ConfigDict, generated_accuracy: dict[str, 
         return {}
     return {
         "accuracy_before_bn_recalibration": summary(generated_accuracy["as_generated"]),
-        "bn_recalibration": {"data": config.bn.data, "num_batches": config.bn.num_batches, "batch_size": config.bn.batch_size},
+        "bn_recalibration": {
+            "data": config.bn.data,
+            "num_batches": config.bn.num_batches,
+            "batch_size": config.bn.batch_size,
+        },
     }
 
 
@@ -106,25 +96,37 @@ def format_summary(result: dict) -> str:
     original, generated = result["original"]["accuracy"], result["generated"]["accuracy"]
     novelty_stats = result["generated"]["novelty"]
     before = result["generated"].get("accuracy_before_bn_recalibration")
+    model, counts = result["model"], (result["original"]["num_models"], result["generated"]["num_samples"])
+    fields = "".join(f" {value}" for key, value in model.items() if key not in ("name", "num_params", "init_scheme"))
+    generated_section = result["generated"]
     lines = [
-        f"{result['dataset']['name']} / {result['model']['name']} {result['model']['features']} ({result['model']['num_params']} params), data: {result['dataset']['source']}",
-        f"  original  ({result['original']['num_models']:>4} models): {original['mean']:.2f} ± {original['std']:.2f} %  [min {original['min']:.2f}, max {original['max']:.2f}]",
-        f"  generated ({result['generated']['num_samples']:>4} models): {generated['mean']:.2f} ± {generated['std']:.2f} %  [min {generated['min']:.2f}, max {generated['max']:.2f}]",
-        *(
-            [f"  generated before BN recalibration: {before['mean']:.2f} ± {before['std']:.2f} % (recalibrated on {result['generated']['bn_recalibration']['data']} data)"]
-            if before
-            else []
-        ),
-        f"  sampler: {result['generated']['ode_method']} x {result['generated']['ode_steps']} steps = {result['generated']['nfe']} flow evaluations; {result['flow']['weight_space']}",
+        f"{result['dataset']['name']} / {model['name']}{fields} ({model['num_params']} params), "
+        f"data: {result['dataset']['source']}",
+        f"  original  ({counts[0]:>4} models): {_stats(original)}",
+        f"  generated ({counts[1]:>4} models): {_stats(generated)}",
     ]
-    if novelty_stats:
+    if before:
+        calibration = generated_section["bn_recalibration"]["data"]
         lines.append(
-            "  novelty: generated -> nearest original {:.3f} (mean), originals -> nearest other {:.3f} (mean)".format(
-                novelty_stats["generated_to_nearest_original"]["mean"], novelty_stats["original_to_nearest_other_original"]["mean"]
-            )
+            f"  generated before BN recalibration: {before['mean']:.2f} ± {before['std']:.2f} % "
+            f"(recalibrated on {calibration} data)"
         )
+    lines.append(
+        f"  sampler: {generated_section['ode_method']} x {generated_section['ode_steps']} steps = "
+        f"{generated_section['nfe']} flow evaluations; {result['flow']['weight_space']}"
+    )
+    lines.append(
+        "  novelty: generated -> nearest original {:.3f} (mean), originals -> nearest other {:.3f} (mean)".format(
+            novelty_stats["generated_to_nearest_original"]["mean"],
+            novelty_stats["original_to_nearest_other_original"]["mean"],
+        )
+    )
     lines.append("  timings (s): " + ", ".join(f"{name} {seconds:.1f}" for name, seconds in result["timings"].items()))
     return "\n".join(lines)
+
+
+def _stats(stats: dict) -> str:
+    return f"{stats['mean']:.2f} ± {stats['std']:.2f} %  [min {stats['min']:.2f}, max {stats['max']:.2f}]"
 
 
 def plot_accuracy(result: dict, path: pathlib.Path) -> None:
@@ -142,6 +144,6 @@ def plot_accuracy(result: dict, path: pathlib.Path) -> None:
     figure.savefig(path, dpi=120)
 
 
-def write(workdir: pathlib.Path, result: dict) -> None:
-    checkpoints.save_json(workdir / REPORT_FILE, result)
-    plot_accuracy(result, workdir / FIGURE_FILE)
+def write(result: dict, report_path: pathlib.Path, figure_path: pathlib.Path) -> None:
+    checkpoints.save_json(report_path, result)
+    plot_accuracy(result, figure_path)

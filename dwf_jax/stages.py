@@ -1,68 +1,82 @@
-"""Pieces both pipelines share (in memory: dwf_jax.pipeline, on disk: dwf_jax.pipeline_on_disk).
+"""What each pipeline stage computes, over zoo stores (in memory or files alike).
 
-Each stage is saved under the workdir and loaded instead of recomputed when the
-same config runs again.
+Stages read zoos through `dwf_jax.zoo_store` a model, a group or a column block
+at a time, and write zoo-sized results as files of the workdir (`Workdir.matrix_file`);
+what they return is the small part of the stage that orbax keeps.
 """
 
-import pathlib
-import time
+import itertools
+from collections.abc import Callable, Iterator
 from functools import partial
-from typing import Any, Callable, Iterator
+from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
 
-from dwf_jax import bn_recalibration, checkpoints, zoo
+from dwf_jax import bn_recalibration, checkpoints, keys, pca, zoo
 from dwf_jax.augment import input_pipeline
-from dwf_jax.bn_recalibration import calibration_batches
+from dwf_jax.canonical import align_models
+from dwf_jax.config import pca_components
 from dwf_jax.data import Dataset
 from dwf_jax.evaluate import ensemble_accuracy
-from dwf_jax.models import build_model
+from dwf_jax.models import build_model, permutation_spec
+from dwf_jax.workdir import Workdir
+from dwf_jax.zoo_store import Flattener, ZooStore, check_finite, concatenate, write_rows
 
 PyTree = Any
 Evaluator = Callable[[PyTree], np.ndarray]
+# Columns per streamed block when pca.micro_batch is 0: 100 models x 65536 float32 = 26 MB.
+DEFAULT_BLOCK = 65536
 
 
-class Stages:
-    """Runs a stage once per workdir: later runs load its saved result; times are kept in timings.json."""
-
-    def __init__(self, workdir: pathlib.Path):
-        self.workdir = workdir
-        self.timings_path = workdir / "timings.json"
-        self.timings = checkpoints.load_json(self.timings_path) if self.timings_path.exists() else {}
-
-    def run(self, name: str, compute: Callable[[], PyTree]) -> PyTree:
-        path = self.workdir / name
-        if path.exists():
-            logging.info("stage %-9s loaded from %s (computed earlier in %.1f s)", name, path, self.timings.get(name, float("nan")))
-            return checkpoints.restore_tree(path)
-        start = time.perf_counter()
-        result = jax.block_until_ready(compute())
-        checkpoints.save_tree(path, result)
-        self.timings[name] = time.perf_counter() - start
-        checkpoints.save_json(self.timings_path, self.timings)
-        logging.info("stage %-9s done in %.1f s -> %s", name, self.timings[name], path)
-        return result
-
-    def accuracy(self, name: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
-        """An evaluation as a stage: a rerun of a finished workdir does not evaluate a whole ensemble again."""
-        return self.run(name, lambda: {"accuracy": compute()})["accuracy"]
+def block_size(config: ml_collections.ConfigDict) -> int:
+    """Columns per streamed block of PCA and distances."""
+    return config.pca.micro_batch or DEFAULT_BLOCK
 
 
-def evaluator(config: ml_collections.ConfigDict, model: nn.Module, dataset: Dataset) -> Evaluator:
+def model_template(config: ml_collections.ConfigDict, dataset: Dataset) -> PyTree:
+    """Shapes of one model's variables under this config, without computing them."""
+    sample = input_pipeline(dataset.name, config.data.augment).eval(jnp.asarray(dataset.x_train[:1]))
+    return jax.eval_shape(lambda: build_model(config.model).init(jax.random.key(0), sample, train=False))
+
+
+def evaluator(config: ml_collections.ConfigDict, dataset: Dataset) -> Evaluator:
     """Test accuracy (percent) of every model of a stacked zoo."""
     return partial(
-        ensemble_accuracy, model, x=dataset.x_test, y=dataset.y_test, batch_size=config.eval.batch_size,
-        transform=input_pipeline(dataset.name, config.data.augment).eval, models_per_vmap=config.models_per_vmap,
+        ensemble_accuracy,
+        build_model(config.model),
+        x=dataset.x_test,
+        y=dataset.y_test,
+        batch_size=config.eval.batch_size,
+        transform=input_pipeline(dataset.name, config.data.augment).eval,
+        models_per_vmap=config.models_per_vmap,
     )
 
 
+def open_stage(
+    config: ml_collections.ConfigDict, work: Workdir, stage: str, rows: int, flattener: Flattener
+) -> ZooStore:
+    """A finished stage's matrix: read into memory, or left in its file with `zoo.on_disk`."""
+    return work.open_matrix(stage, rows, flattener.dim, in_memory=not config.zoo.on_disk)
+
+
+def store_accuracy(
+    evaluate: Evaluator, store: ZooStore, flattener: Flattener, group: int, statistics: PyTree = None
+) -> np.ndarray:
+    """Test accuracy of every model of a store, `group` models at a time; `statistics` replaces their batch_stats."""
+    parts = []
+    for number, variables in enumerate(flattener.stacked_groups(store, group)):
+        if statistics is not None:
+            rows = slice(number * group, (number + 1) * group)
+            variables = {**variables, **jax.tree.map(lambda leaf, rows=rows: leaf[rows], statistics)}
+        parts.append(evaluate(variables))
+    return np.concatenate(parts)
+
+
 def train_chunks(
-    config: ml_collections.ConfigDict, dataset: Dataset, workdir: pathlib.Path, progress: bool, first_model: int = 0
+    config: ml_collections.ConfigDict, dataset: Dataset, work: Workdir, progress: bool, first_model: int = 0
 ) -> Iterator[PyTree]:
     """The zoo's models `first_model`..N-1, one stacked chunk (numpy leaves) at a time.
 
@@ -75,27 +89,109 @@ def train_chunks(
     tx = zoo.make_optimizer(z.optimizer, z.learning_rate, z.weight_decay, z.schedule, z.epochs * steps_per_epoch)
     for indices in zoo.chunks(z.num_models - first_model, z.models_per_chunk):
         indices = indices + first_model
-        manager = checkpoints.manager(workdir / "zoo_chunks" / f"models_{indices[0]:04d}-{indices[-1]:04d}")
         variables, _ = zoo.train_models(
-            model, tx, dataset.x_train, dataset.y_train, seed=config.seed, model_indices=indices,
-            epochs=z.epochs, batch_size=z.batch_size, inputs=input_pipeline(dataset.name, config.data.augment),
-            drop_last=z.drop_last, models_per_vmap=config.models_per_vmap, scan_steps=z.scan_steps, manager=manager,
-            checkpoint_every=z.checkpoint_every, progress=progress,
+            model,
+            tx,
+            dataset.x_train,
+            dataset.y_train,
+            seed=config.seed,
+            model_indices=indices,
+            epochs=z.epochs,
+            batch_size=z.batch_size,
+            inputs=input_pipeline(dataset.name, config.data.augment),
+            drop_last=z.drop_last,
+            models_per_vmap=config.models_per_vmap,
+            scan_steps=z.scan_steps,
+            manager=checkpoints.manager(work.zoo_chunk(indices[0], indices[-1])),
+            checkpoint_every=z.checkpoint_every,
+            progress=progress,
         )
         yield jax.tree.map(np.asarray, variables)
 
 
-def recalibrate_stage(config: ml_collections.ConfigDict, model: nn.Module, generated: PyTree, dataset: Dataset) -> PyTree:
-    """Generated nets with BatchNorm statistics re-estimated on training data (test data only if asked: it leaks)."""
+def train_zoo(
+    config: ml_collections.ConfigDict,
+    dataset: Dataset,
+    flattener: Flattener,
+    evaluate: Evaluator,
+    work: Workdir,
+    progress: bool,
+    reused: tuple[ZooStore, np.ndarray] | None = None,
+) -> PyTree:
+    """Train the zoo chunk by chunk into its file (one chunk in memory), each chunk checked and evaluated first.
+
+    `reused`: the first models (a store and their accuracies) of a smaller zoo with the same settings.
+    """
+    first_model = 0 if reused is None else reused[0].num_models
+    accuracies = [] if reused is None else [reused[1]]
+
+    def rows() -> Iterator[np.ndarray]:
+        for chunk in train_chunks(config, dataset, work, progress, first_model):
+            check_finite(chunk, "zoo training", "Lower zoo.learning_rate, or check the data.")
+            accuracies.append(evaluate(chunk))
+            yield from flattener.rows(chunk)
+
+    reused_rows = () if reused is None else (reused[0].read(index) for index in range(first_model))
+    write_rows(work.matrix_file("zoo"), itertools.chain(reused_rows, rows()))
+    return {"test_accuracy": np.concatenate(accuracies)}
+
+
+def canonicalize(
+    config: ml_collections.ConfigDict, zoo_store: ZooStore, flattener: Flattener, evaluate: Evaluator, work: Workdir
+) -> PyTree:
+    """Git Re-Basin alignment of every model to the reference, model by model into the canonical file."""
+    models = flattener.models(zoo_store)
+    if config.canonical.method == "rebasin":
+        reference = flattener.unflatten(zoo_store.read(config.canonical.reference))
+        key = keys.stage_key(config.seed, "canonical")
+        models = align_models(
+            key,
+            permutation_spec(config.model),
+            reference,
+            models,
+            config.canonical.reference,
+            config.canonical.max_iter,
+        )
+    canonical = write_rows(work.matrix_file("canonical"), map(flattener.flatten, models))
+    return {"test_accuracy": store_accuracy(evaluate, canonical, flattener, config.zoo.models_per_chunk)}
+
+
+def reduce(config: ml_collections.ConfigDict, canonical: ZooStore, work: Workdir) -> PyTree:
+    """The PCA stage: components to their file; mean, variances and the zoo's coefficients kept by the stage."""
+    p = config.pca
+    state, coefficients = pca.fit_transform(
+        p.method,
+        canonical,
+        pca_components(config),
+        block_size(config),
+        batch_size=p.batch_size,
+        fp16=p.fp16,
+        solver=p.solver,
+        key=keys.stage_key(config.seed, "pca"),
+        components_path=work.matrix_file("pca"),
+    )
+    return {
+        "mean": np.asarray(state.mean),
+        "explained_variance": np.asarray(state.explained_variance),
+        "coefficients": coefficients,
+    }
+
+
+def pca_state(config: ml_collections.ConfigDict, work: Workdir, fitted: PyTree, flattener: Flattener) -> pca.PCAState:
+    """The PCA of a finished pca stage: its mean and variances, the components from their file."""
+    components = open_stage(config, work, "pca", pca_components(config), flattener).as_array()
+    return pca.PCAState(fitted["mean"], components, fitted["explained_variance"])
+
+
+def recalibrate(config: ml_collections.ConfigDict, dataset: Dataset, store: ZooStore, flattener: Flattener) -> PyTree:
+    """BatchNorm statistics of every model of a store, re-estimated on training data (test data if asked: it leaks)."""
+    model = build_model(config.model)
     images = dataset.x_train if config.bn.data == "train" else dataset.x_test
-    key = jax.random.fold_in(jax.random.key(config.seed), 4)
-    batches = calibration_batches(key, images, config.bn.num_batches, config.bn.batch_size)
-    inputs = input_pipeline(dataset.name, config.data.augment)
-    return {"batch_stats": bn_recalibration.recalibrate(model, generated, inputs.eval(jnp.asarray(batches)), config.models_per_vmap)["batch_stats"]}
-
-
-def expected_zoo(config: ml_collections.ConfigDict, model: nn.Module, dataset: Dataset) -> PyTree:
-    """Shapes of the stacked zoo this config trains, without computing it."""
-    sample = input_pipeline(dataset.name, config.data.augment).eval(jnp.asarray(dataset.x_train[:1]))
-    one = jax.eval_shape(lambda: model.init(jax.random.key(0), sample, train=False))
-    return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct((config.zoo.num_models, *leaf.shape), leaf.dtype), one)
+    key = keys.stage_key(config.seed, "bn_calibration")
+    batches = bn_recalibration.calibration_batches(key, images, config.bn.num_batches, config.bn.batch_size)
+    inputs = input_pipeline(dataset.name, config.data.augment).eval(jnp.asarray(batches))
+    parts = [
+        bn_recalibration.recalibrate(model, variables, inputs, config.models_per_vmap)["batch_stats"]
+        for variables in flattener.stacked_groups(store, config.zoo.models_per_chunk)
+    ]
+    return {"batch_stats": concatenate(parts)}

@@ -1,19 +1,42 @@
-"""A workdir belongs to one config: the first run records it, later runs must match."""
+"""A run's workdir: its layout, its finished stages, and the config that owns it.
+
+Every path a run writes is named here. A stage is an orbax dir (small arrays)
+plus, for zoo-sized results, one raw float32 matrix beside it (`MATRIX_FILES`),
+written and renamed into place before the stage dir: "stage dir exists" means
+"done". The first run records its config; later runs must match it.
+"""
 
 import contextlib
 import fcntl
 import json
 import os
 import pathlib
-from typing import Iterator
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
+import jax
 import ml_collections
+from absl import logging
 
-from dwf_jax.checkpoints import save_json
+from dwf_jax import checkpoints
+from dwf_jax.checkpoints import CheckpointError
 from dwf_jax.config import base_config
+from dwf_jax.zoo_store import ZooStore, open_file
 
+PyTree = Any
+MATRIX_FILES = {"zoo": "zoo.f32", "canonical": "canonical.f32", "pca": "pca_components.f32", "samples": "generated.f32"}
+ZOO_CHUNKS = "zoo_chunks"
+FLOW_CHECKPOINTS = "flow_checkpoints"
 CONFIG_FILE = "config.json"
+REPORT_FILE = "report.json"
+FIGURE_FILE = "accuracy.png"
+TIMINGS_FILE = "timings.json"
 LOCK_FILE = ".lock"
+# The config keys a zoo depends on, for reusing a zoo under another config (a larger zoo, another flow).
+ZOO_KEYS = ("seed", "data", "model", "zoo")
+ZOO_KEYS_FREE_TO_DIFFER = ("zoo.num_models", "zoo.models_per_chunk", "zoo.on_disk", "zoo.checkpoint_every")
 
 
 class WorkdirConfigMismatch(ValueError):
@@ -28,6 +51,85 @@ class WorkdirNotWritable(PermissionError):
     """The workdir cannot be created or written."""
 
 
+class Workdir:
+    """The paths of one run and its finished stages; a stage runs once, later runs load it."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = pathlib.Path(path)
+        self.report = self.path / REPORT_FILE
+        self.figure = self.path / FIGURE_FILE
+        self.flow_checkpoints = self.path / FLOW_CHECKPOINTS
+        self._timings_file = self.path / TIMINGS_FILE
+        self.timings = checkpoints.load_json(self._timings_file) if self._timings_file.exists() else {}
+
+    def stage(self, name: str) -> pathlib.Path:
+        return self.path / name
+
+    def matrix_file(self, stage: str) -> pathlib.Path:
+        """Where the zoo-sized matrix of `stage` lies."""
+        return self.path / MATRIX_FILES[stage]
+
+    def zoo_chunk(self, first_model: int, last_model: int) -> pathlib.Path:
+        """Training checkpoints of zoo models first..last (inclusive)."""
+        return self.path / ZOO_CHUNKS / f"models_{first_model:04d}-{last_model:04d}"
+
+    def remove_zoo_chunks(self) -> None:
+        """Training checkpoints are dead weight once the zoo stage exists."""
+        shutil.rmtree(self.path / ZOO_CHUNKS, ignore_errors=True)
+
+    def done(self, name: str) -> bool:
+        return self.stage(name).exists()
+
+    def load(self, name: str) -> PyTree:
+        return checkpoints.restore_tree(self.stage(name))
+
+    def run(self, name: str, compute: Callable[[], PyTree]) -> PyTree:
+        """The stage's saved result, computing and saving it first if it is not done."""
+        path = self.stage(name)
+        if path.exists():
+            logging.info(
+                "stage %-9s loaded from %s (computed earlier in %.1f s)",
+                name,
+                path,
+                self.timings.get(name, float("nan")),
+            )
+            return self.load(name)
+        start = time.perf_counter()
+        result = jax.block_until_ready(compute())
+        checkpoints.save_tree(path, result)
+        self.timings[name] = time.perf_counter() - start
+        checkpoints.save_json(self._timings_file, self.timings)
+        logging.info("stage %-9s done in %.1f s -> %s", name, self.timings[name], path)
+        return result
+
+    def accuracy(self, name: str, compute: Callable[[], Any]) -> Any:
+        """An evaluation as a stage: a rerun of a finished workdir does not evaluate a whole ensemble again."""
+        return self.run(name, lambda: {"accuracy": compute()})["accuracy"]
+
+    def open_matrix(self, stage: str, rows: int, dim: int, in_memory: bool) -> ZooStore:
+        """The finished stage's (rows, dim) matrix as a store, refusing a missing or wrongly sized file."""
+        try:
+            return open_file(self.matrix_file(stage), rows, dim, in_memory)
+        except (FileNotFoundError, ValueError) as error:
+            raise CheckpointError(
+                f"{error} (stage {self.stage(stage)} exists: a truncated file, or another architecture); "
+                f"delete {self.stage(stage)} to recompute that stage"
+            ) from error
+
+    def copy_stages_from(self, source: "Workdir", stages: Iterable[str]) -> None:
+        """Take finished stages (dir and matrix file) of another workdir; the stages this one has are kept."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        for name in stages:
+            if not source.done(name) or self.done(name):
+                continue
+            if name in MATRIX_FILES:
+                shutil.copyfile(source.matrix_file(name), self.matrix_file(name))
+            shutil.copytree(source.stage(name), self.stage(name))
+            self.timings.setdefault(name, source.timings.get(name, float("nan")))
+            logging.info("stage %-9s taken from %s", name, source.path)
+        checkpoints.save_json(self._timings_file, self.timings)
+
+
 @contextlib.contextmanager
 def locked(workdir: pathlib.Path) -> Iterator[None]:
     """Hold an exclusive lock on the workdir for the whole run.
@@ -37,9 +139,11 @@ def locked(workdir: pathlib.Path) -> Iterator[None]:
     """
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        handle = open(workdir / LOCK_FILE, "a+")
+        handle = open(workdir / LOCK_FILE, "a+")  # noqa: SIM115 (closed by the with below, after the error mapping)
     except OSError as error:
-        raise WorkdirNotWritable(f"workdir {workdir} is not writable ({error.strerror}); choose another --workdir") from error
+        raise WorkdirNotWritable(
+            f"workdir {workdir} is not writable ({error.strerror}); choose another --workdir"
+        ) from error
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -74,25 +178,42 @@ def config_as_dict(config: ml_collections.ConfigDict) -> dict:
 def record_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
     """Record the config that owns a new workdir."""
     if not (workdir / CONFIG_FILE).exists():
-        save_json(workdir / CONFIG_FILE, config_as_dict(config))
+        checkpoints.save_json(workdir / CONFIG_FILE, config_as_dict(config))
 
 
-def check_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
-    """Refuse, without writing anything, a workdir that an other config made.
+def config_differences(
+    recorded: dict, config: ml_collections.ConfigDict, only: Iterable[str] = (), ignore: Iterable[str] = ()
+) -> list[str]:
+    """`key: recorded -> now` for each key that differs, among the keys under `only` (all if empty) less `ignore`.
 
-    A key the recorded config lacks counts as its base_config default: workdirs made
-    before that key existed stay usable while the new key keeps its default.
+    A key one side lacks counts as its base_config default: workdirs made before a
+    key existed stay usable while the new key keeps its default.
     """
+    defaults = _flatten(config_as_dict(base_config()))
+    recorded, now = _flatten(recorded), _flatten(config_as_dict(config))
+    only, ignore = tuple(only), set(ignore)
+
+    def compared(key: str) -> bool:
+        return key not in ignore and (not only or any(key == prefix or key.startswith(prefix + ".") for prefix in only))
+
+    keys = sorted(key for key in recorded.keys() | now.keys() if compared(key))
+    return [
+        f"{key}: {recorded.get(key)!r} -> {now.get(key)!r}"
+        for key in keys
+        if recorded.get(key, defaults.get(key)) != now.get(key, defaults.get(key))
+    ]
+
+
+def check_config(
+    workdir: pathlib.Path, config: ml_collections.ConfigDict, only: Iterable[str] = (), ignore: Iterable[str] = ()
+) -> None:
+    """Refuse, without writing anything, a workdir that another config made (compared as `config_differences`)."""
     path = workdir / CONFIG_FILE
     if not path.exists():
         return
-    defaults = _flatten(config_as_dict(base_config()))
-    recorded = _flatten(json.loads(path.read_text()))
-    now = _flatten(config_as_dict(config))
-    differences = sorted(key for key in recorded.keys() | now.keys() if recorded.get(key, defaults.get(key)) != now.get(key))
+    differences = config_differences(json.loads(path.read_text()), config, only, ignore)
     if differences:
-        details = ", ".join(f"{key}: {recorded.get(key)!r} -> {now.get(key)!r}" for key in differences[:5])
         raise WorkdirConfigMismatch(
-            f"workdir {workdir} was made by a different config ({details}). "
+            f"workdir {workdir} was made by a different config ({', '.join(differences[:5])}). "
             f"Use another --workdir, or delete {workdir} to start over."
         )

@@ -5,7 +5,8 @@ chunks, or model by model, gives the same weights as one trained all at once.
 """
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -16,8 +17,11 @@ import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
 from dwf_jax.augment import InputPipeline
+from dwf_jax.keys import model_keys
 
 PyTree = Any
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("none", "cosine")
 StepFn = Callable[..., tuple[tuple[PyTree, PyTree], jax.Array]]
 
 
@@ -28,22 +32,14 @@ def make_optimizer(
     if schedule == "cosine":
         learning_rate = optax.cosine_decay_schedule(learning_rate, decay_steps=total_steps)
     elif schedule != "none":
-        raise ValueError(f"unknown zoo schedule {schedule!r}; choose none or cosine")
+        raise ValueError(f"unknown zoo schedule {schedule!r}; choose one of {list(SCHEDULES)}")
     if name == "adam":
         return optax.adam(learning_rate)
     if name == "adamw":
         return optax.adamw(learning_rate, weight_decay=weight_decay)
     if name == "sgd":
         return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate, momentum=0.9))
-    raise ValueError(f"unknown zoo optimizer {name!r}; choose adam, adamw or sgd")
-
-
-def model_keys(seed: int, model_indices: np.ndarray) -> tuple[jax.Array, jax.Array]:
-    """Per-model (init, data-order) keys, derived from the model's index alone."""
-    keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(jax.random.key(seed), i)))(
-        jnp.asarray(model_indices, dtype=jnp.uint32)
-    )
-    return keys[:, 0], keys[:, 1]
+    raise ValueError(f"unknown zoo optimizer {name!r}; choose one of {list(OPTIMIZERS)}")
 
 
 def epoch_plan(
@@ -59,7 +55,9 @@ def epoch_plan(
     padding = max(0, num_batches * batch_size - num_examples)
     order_key, steps_key = jax.random.split(jax.random.fold_in(data_key, epoch))
     order = jax.random.permutation(order_key, num_examples)
-    order = jnp.concatenate([order, jnp.zeros(padding, order.dtype)])[: num_batches * batch_size].reshape(num_batches, batch_size)
+    order = jnp.concatenate([order, jnp.zeros(padding, order.dtype)])[: num_batches * batch_size].reshape(
+        num_batches, batch_size
+    )
     mask = (jnp.arange(num_batches * batch_size) < num_examples).reshape(num_batches, batch_size)
     return order, mask.astype(jnp.float32), jax.random.split(steps_key, num_batches)
 
@@ -75,7 +73,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, inputs: 
 
         def loss_fn(params):
             logits, state = model.apply(
-                {**variables, "params": params}, images, train=True, mutable=["batch_stats"], rngs={"dropout": dropout_key}
+                {**variables, "params": params},
+                images,
+                train=True,
+                mutable=["batch_stats"],
+                rngs={"dropout": dropout_key},
             )
             losses = optax.softmax_cross_entropy_with_integer_labels(logits, y[indices])
             return jnp.sum(losses * weights) / jnp.sum(weights), state
@@ -125,9 +127,14 @@ def train_models(
     variables = jax.jit(jax.vmap(lambda k: model.init({"params": k, "dropout": k}, sample, train=False)))(init_keys)
     opt_state = jax.jit(jax.vmap(lambda v: tx.init(v["params"])))(variables)
     step = make_train_step(model, tx, inputs)
-    plan = jax.jit(jax.vmap(lambda key, epoch: epoch_plan(key, epoch, len(x_train), batch_size, drop_last), in_axes=(0, None)))
+    plan = jax.jit(
+        jax.vmap(lambda key, epoch: epoch_plan(key, epoch, len(x_train), batch_size, drop_last), in_axes=(0, None))
+    )
     run_epoch = jax.jit(
-        jax.vmap(lambda carry, batches, x, y: jax.lax.scan(lambda c, b: step(c, b, x, y), carry, batches), in_axes=(0, 0, None, None)),
+        jax.vmap(
+            lambda carry, batches, x, y: jax.lax.scan(lambda c, b: step(c, b, x, y), carry, batches),
+            in_axes=(0, 0, None, None),
+        ),
         donate_argnums=0,
     )
     run_step = jax.jit(jax.vmap(step, in_axes=(0, 0, None, None)), donate_argnums=0)
@@ -139,22 +146,30 @@ def train_models(
         start = manager.latest_step()
         state = manager.restore(start, args=ocp.args.StandardRestore(state))
     groups = _groups(len(model_indices), models_per_vmap)
-    carries = [jax.tree.map(lambda leaf: leaf[group], (state["variables"], state["opt_state"])) for group in groups]
+    carries = [
+        jax.tree.map(lambda leaf, rows=group: leaf[rows], (state["variables"], state["opt_state"])) for group in groups
+    ]
     num_batches = len(x_train) // batch_size if drop_last else math.ceil(len(x_train) / batch_size)
     bar = tqdm(
-        total=(epochs - start) * num_batches, desc=f"zoo models {model_indices[0]}-{model_indices[-1]}", disable=not progress, unit="step"
+        total=(epochs - start) * num_batches,
+        desc=f"zoo models {model_indices[0]}-{model_indices[-1]}",
+        disable=not progress,
+        unit="step",
     )
     for epoch in range(start, epochs):
         plans = [plan(data_keys[group], epoch) for group in groups]
         if scan_steps:
-            results = [run_epoch(carry, batches, x_train, y_train) for carry, batches in zip(carries, plans)]
+            results = [
+                run_epoch(carry, batches, x_train, y_train) for carry, batches in zip(carries, plans, strict=True)
+            ]
             carries, losses = [r[0] for r in results], jnp.concatenate([r[1] for r in results])
             bar.update(num_batches)
         else:
             steps = []
             for index in range(num_batches):
                 results = [
-                    run_step(carry, jax.tree.map(lambda a: a[:, index], batches), x_train, y_train) for carry, batches in zip(carries, plans)
+                    run_step(carry, jax.tree.map(lambda a, step=index: a[:, step], batches), x_train, y_train)
+                    for carry, batches in zip(carries, plans, strict=False)
                 ]
                 carries = [r[0] for r in results]
                 steps.append(jnp.concatenate([r[1] for r in results]))
@@ -174,4 +189,6 @@ def train_models(
 
 def chunks(num_models: int, models_per_chunk: int) -> list[np.ndarray]:
     """Model indices split into chunks that fit in memory together."""
-    return [np.arange(start, min(start + models_per_chunk, num_models)) for start in range(0, num_models, models_per_chunk)]
+    return [
+        np.arange(start, min(start + models_per_chunk, num_models)) for start in range(0, num_models, models_per_chunk)
+    ]

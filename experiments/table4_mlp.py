@@ -21,7 +21,9 @@ from experiments import common  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Folder holding mnist/ and fashion_mnist/ IDX files (else $DWF_DATA_DIR).")
 flags.DEFINE_list("datasets", ["iris", "mnist", "fashion_mnist"], "Which rows to run.")
-flags.DEFINE_list("pca_datasets", ["fashion_mnist"], "Rows whose flow trains on 99 dual-PCA components instead of full weights.")
+flags.DEFINE_list(
+    "pca_datasets", ["fashion_mnist"], "Rows whose flow trains on 99 dual-PCA components instead of full weights."
+)
 flags.DEFINE_string("workdirs", "experiments/workdirs", "Where each row's stages are kept.")
 
 CONFIGS = {"iris": iris_mlp, "mnist": mnist_mlp, "fashion_mnist": fashion_mnist_mlp}
@@ -46,20 +48,27 @@ def markdown(rows: dict, provenance: dict) -> str:
         "# Table 4, MLP rows (with Git Re-Basin)",
         "",
         *common.provenance_lines(provenance),
-        f"Wall time of this invocation: {provenance['wall_seconds']} s (stages done earlier are loaded, their own times are below)",
+        f"Wall time of this invocation: {provenance['wall_seconds']} s "
+        "(stages done earlier are loaded, their own times are below)",
         "",
-        "| dataset | h | flow space | original (%) | generated (%) | paper original | paper generated | stage times (s) |",
+        "| dataset | h | flow space | original (%) | generated (%) | paper original | paper generated "
+        "| stage times (s) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, result in rows.items():
         original, generated = result["original"]["accuracy"], result["generated"]["accuracy"]
         timings = ", ".join(f"{stage} {seconds:.0f}" for stage, seconds in result["timings"].items())
         lines.append(
-            f"| {result['dataset']['name']} ({result['dataset']['source']}) | {result['flow_hidden']} | {result['flow']['weight_space']} "
+            f"| {result['dataset']['name']} ({result['dataset']['source']}) | {result['flow_hidden']} "
+            f"| {result['flow']['weight_space']} "
             f"| {common.mean_std(original)} | {common.mean_std(generated)} "
             f"| {PAPER[name][0]:.2f} | {PAPER[name][1]:.2f} | {timings} |"
         )
-    lines += ["", "100 models per zoo, 30k flow iterations, RK4 with 100 steps (400 flow evaluations), 100 generated models.", ""]
+    lines += [
+        "",
+        "100 models per zoo, 30k flow iterations, RK4 with 100 steps (400 flow evaluations), 100 generated models.",
+        "",
+    ]
     return "\n".join(lines)
 
 

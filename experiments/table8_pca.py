@@ -13,22 +13,24 @@ Writes experiments/results/table8_pca.{md,json}.
 
 import json
 import pathlib
-import shutil
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from configs import fashion_mnist_mlp, mnist_mlp  # noqa: E402
 from dwf_jax import pipeline  # noqa: E402
+from dwf_jax.workdir import Workdir  # noqa: E402
 from experiments import common  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Folder holding mnist/ and fashion_mnist/ IDX files (else $DWF_DATA_DIR).")
 flags.DEFINE_list("datasets", ["mnist", "fashion_mnist"], "Which zoos.")
-flags.DEFINE_list("spaces", ["dual:99", "incremental:99", "dual:20", "dual:5"], "Weight spaces: none, or method:components.")
+flags.DEFINE_list(
+    "spaces", ["dual:99", "incremental:99", "dual:20", "dual:5"], "Weight spaces: none, or method:components."
+)
 flags.DEFINE_string("workdirs", "experiments/workdirs", "Where the stages are kept.")
 
 CONFIGS = {"mnist": mnist_mlp, "fashion_mnist": fashion_mnist_mlp}
@@ -42,12 +44,7 @@ def run_space(name: str, space: str) -> dict:
     if method != "none":
         config.pca.update(method=method, components=int(components))
     workdir = pathlib.Path(FLAGS.workdirs) / f"table8_{name}_{method}{components}"
-    source = pathlib.Path(FLAGS.workdirs) / f"table4_{name}"
-    for stage in SHARED_STAGES:
-        if (source / stage).exists() and not (workdir / stage).exists():
-            workdir.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(source / stage, workdir / stage)
-            logging.info("reusing %s from %s", stage, source)
+    Workdir(workdir).copy_stages_from(Workdir(pathlib.Path(FLAGS.workdirs) / f"table4_{name}"), SHARED_STAGES)
     start = time.perf_counter()
     result = pipeline.run(config, workdir, progress=True)
     result["wall_seconds_this_invocation"] = round(time.perf_counter() - start, 1)
@@ -61,16 +58,19 @@ def markdown(rows: list[dict], provenance: dict) -> str:
         *common.provenance_lines(provenance),
         f"Wall time of this invocation: {provenance['wall_seconds']} s",
         "",
-        "| dataset | flow space | flow params | flow time (s) | original (%) | generated (%) | generated min (%) | nearest-original distance (generated / originals) |",
+        "| dataset | flow space | flow params | flow time (s) | original (%) | generated (%) | generated min (%) "
+        "| nearest-original distance (generated / originals) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for result in rows:
         original, generated = result["original"]["accuracy"], result["generated"]["accuracy"]
         novelty = result["generated"]["novelty"]
         lines.append(
-            f"| {result['dataset']['name']} | {result['flow']['weight_space']} | {result['flow']['num_params']:,} | {result['timings'].get('flow', float('nan')):.0f} "
+            f"| {result['dataset']['name']} | {result['flow']['weight_space']} | {result['flow']['num_params']:,} "
+            f"| {result['timings'].get('flow', float('nan')):.0f} "
             f"| {common.mean_std(original)} | {common.mean_std(generated)} | {generated['min']:.2f} "
-            f"| {novelty['generated_to_nearest_original']['mean']:.2f} / {novelty['original_to_nearest_other_original']['mean']:.2f} |"
+            f"| {novelty['generated_to_nearest_original']['mean']:.2f} "
+            f"/ {novelty['original_to_nearest_other_original']['mean']:.2f} |"
         )
     lines += ["", "100 models per zoo, 30k flow iterations (h=512), RK4 x 100 steps, 100 generated models.", ""]
     return "\n".join(lines)
@@ -79,7 +79,7 @@ def markdown(rows: list[dict], provenance: dict) -> str:
 def table_rows() -> list[dict]:
     rows = []
     for name in FLAGS.datasets:
-        table4_report = pathlib.Path(FLAGS.workdirs) / f"table4_{name}" / "report.json"
+        table4_report = Workdir(pathlib.Path(FLAGS.workdirs) / f"table4_{name}").report
         if table4_report.exists():
             rows.append(json.loads(table4_report.read_text()))  # the Table 4 run of the same zoo, in its own space
         rows += [run_space(name, space) for space in FLAGS.spaces]

@@ -12,43 +12,44 @@ Table 4 run is trained a second time at that budget for a like-for-like row.
 Writes experiments/results/table8_resnet20.{md,json}.
 """
 
-import json
 import pathlib
-import shutil
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import app, flags, logging
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from configs import resnet20  # noqa: E402
-from dwf_jax import checkpoints, evaluate, pca, pipeline, stages  # noqa: E402
-from dwf_jax.config import base_config  # noqa: E402
+from dwf_jax import pipeline, stages  # noqa: E402
 from dwf_jax.data import load_dataset  # noqa: E402
-from dwf_jax.flatten import flatten_zoo, unflattener, unstack  # noqa: E402
-from dwf_jax.models import build_model  # noqa: E402
-from dwf_jax.workdir import config_as_dict, record_config  # noqa: E402
-from experiments import common  # noqa: E402
+from dwf_jax.workdir import ZOO_KEYS, ZOO_KEYS_FREE_TO_DIFFER, Workdir, check_config, record_config  # noqa: E402
+from dwf_jax.zoo_store import Flattener  # noqa: E402
+from experiments import common, stage_readers  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Folder holding cifar10_jpeg/cifar10_jpeg.tar.gz (else $DWF_DATA_DIR).")
 flags.DEFINE_integer("num_models", 100, "Zoo size.")
 flags.DEFINE_integer("epochs", None, "Zoo epochs (default: the config's, Table 12).")
-flags.DEFINE_string("reuse_zoo", None, "Workdir whose zoo stage (same seed, data, model and zoo settings) gives the first models.")
-flags.DEFINE_list("spaces", ["dual:-1", "incremental:-1", "dual:4", "dual:2", "none"], "Flow spaces: none, or method:components (-1: N-1).")
+flags.DEFINE_string(
+    "reuse_zoo", None, "Workdir whose zoo stage (same seed, data, model and zoo settings) gives the first models."
+)
+flags.DEFINE_list(
+    "spaces",
+    ["dual:-1", "incremental:-1", "dual:4", "dual:2", "none"],
+    "Flow spaces: none, or method:components (-1: N-1).",
+)
 flags.DEFINE_integer("flow_iterations", 30_000, "Flow iterations in PCA spaces (the paper's 30k).")
 flags.DEFINE_integer("full_flow_iterations", 30_000, "Flow iterations on full weights (lower it on a CPU).")
 flags.DEFINE_integer("num_samples", 100, "Generated models per space.")
 flags.DEFINE_string("workdirs", "experiments/workdirs", "Where the stages are kept.")
 
 SHARED_STAGES = ("zoo", "canonical")
-ZOO_KEYS_FREE_TO_DIFFER = ("zoo.num_models", "zoo.models_per_chunk")
-PAPER = "Table 8, ResNet-20 (100 models x 5 epochs, h=512): original 73.62 ± 2.24; generated 75.07 ± 1.24 without PCA, 75.96 ± 0.89 with PCA."
+PAPER = (
+    "Table 8, ResNet-20 (100 models x 5 epochs, h=512): original 73.62 ± 2.24; "
+    "generated 75.07 ± 1.24 without PCA, 75.96 ± 0.89 with PCA."
+)
 
 
 def zoo_config() -> ml_collections.ConfigDict:
@@ -69,103 +70,64 @@ def space_config(space: str, iterations: int) -> ml_collections.ConfigDict:
         config.pca.components = int(components)
     config.flow.update(iterations=iterations, checkpoint_every=min(config.flow.checkpoint_every, iterations))
     if iterations < FLAGS.flow_iterations:
-        config.flow.update(steps_per_dispatch=100, checkpoint_every=500)  # a slow flow: short dispatches, frequent saves
+        config.flow.update(
+            steps_per_dispatch=100, checkpoint_every=500
+        )  # a slow flow: short dispatches, frequent saves
     return config
 
 
-def _zoo_settings(config: dict) -> dict:
-    flat = {f"{group}.{key}": value for group in ("data", "model", "zoo") for key, value in config[group].items()}
-    flat["seed"] = config["seed"]
-    return {key: value for key, value in flat.items() if key not in ZOO_KEYS_FREE_TO_DIFFER}
-
-
-def reused_models(config: ml_collections.ConfigDict) -> dict | None:
-    """The smaller zoo's stage, after checking it was trained with the same settings."""
+def reused_models(config: ml_collections.ConfigDict, flattener: Flattener) -> tuple | None:
+    """The smaller zoo's models and accuracies, after checking it was trained with the same settings."""
     if FLAGS.reuse_zoo is None:
         return None
-    source = pathlib.Path(FLAGS.reuse_zoo)
-    recorded, wanted = _zoo_settings(json.loads((source / "config.json").read_text())), _zoo_settings(config_as_dict(config))
-    defaults = _zoo_settings(config_as_dict(base_config()))  # keys added since that run have their default there
-    differences = sorted(key for key in recorded.keys() | wanted.keys() if recorded.get(key, defaults.get(key)) != wanted.get(key))
-    if differences:
-        raise ValueError(f"--reuse_zoo={source} was trained with other settings: {', '.join(differences)}")
-    stage = checkpoints.restore_tree(source / "zoo")
-    if len(stage["test_accuracy"]) > config.zoo.num_models:
-        raise ValueError(f"--reuse_zoo={source} has {len(stage['test_accuracy'])} models, more than --num_models={config.zoo.num_models}")
-    return stage
+    source = Workdir(FLAGS.reuse_zoo)
+    check_config(source.path, config, only=ZOO_KEYS, ignore=ZOO_KEYS_FREE_TO_DIFFER)
+    accuracy = source.load("zoo")["test_accuracy"]
+    if len(accuracy) > config.zoo.num_models:
+        raise ValueError(
+            f"--reuse_zoo={source.path} has {len(accuracy)} models, more than --num_models={config.zoo.num_models}"
+        )
+    return source.open_matrix("zoo", len(accuracy), flattener.dim, in_memory=False), accuracy
 
 
 def grow_zoo(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
     """Write workdir's zoo stage: the reused models, then the new ones trained here."""
-    if (workdir / "zoo").exists():
-        return
-    reused = reused_models(config)
-    if reused is None:
-        return  # the pipeline trains the whole zoo itself
+    work = Workdir(workdir)
+    if work.done("zoo") or FLAGS.reuse_zoo is None:
+        return  # done, or the pipeline trains the whole zoo itself
     dataset = load_dataset(config.data.name, config.data.dir, config.data.source)
-    evaluate = stages.evaluator(config, build_model(config.model), dataset)
-    first_new = len(reused["test_accuracy"])
-    logging.info("zoo: models 0-%d from %s, training models %d-%d", first_new - 1, FLAGS.reuse_zoo, first_new, config.zoo.num_models - 1)
-
-    def compute() -> dict:
-        new = jax.tree.map(lambda *leaves: np.concatenate(leaves), *stages.train_chunks(config, dataset, workdir, True, first_model=first_new))
-        return {
-            "variables": jax.tree.map(lambda *leaves: np.concatenate(leaves), reused["variables"], new),
-            "test_accuracy": np.concatenate([reused["test_accuracy"], evaluate(new)]),
-        }
-
-    stages.Stages(workdir).run("zoo", compute)
+    flattener = Flattener(stages.model_template(config, dataset))
+    reused = reused_models(config, flattener)
+    logging.info("zoo: models 0-%d from %s, training the rest", reused[0].num_models - 1, FLAGS.reuse_zoo)
+    evaluate_models = stages.evaluator(config, dataset)
+    work.run("zoo", lambda: stages.train_zoo(config, dataset, flattener, evaluate_models, work, True, reused=reused))
     record_config(workdir, config)  # so a larger zoo can grow from this one
-    shutil.rmtree(workdir / "zoo_chunks", ignore_errors=True)
-
-
-def reconstructed_zoo_accuracy(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
-    """The canonical zoo after a PCA round trip, BN recalibrated like the generated nets: what truncation alone costs.
-
-    Kept in workdir/reconstructed_zoo.json, so a rerun only reads it.
-    """
-    cached = workdir / "reconstructed_zoo.json"
-    if cached.exists():
-        return checkpoints.load_json(cached)
-    canonical = checkpoints.restore_tree(workdir / "canonical")["variables"]
-    state = pca.PCAState(**{name: jnp.asarray(value) for name, value in checkpoints.restore_tree(workdir / "pca").items()})
-    weights = flatten_zoo(canonical)
-    rebuilt = unflattener(unstack(canonical, 0))(pca.inverse_transform(state, pca.transform(state, weights)))
-    dataset = load_dataset(config.data.name, config.data.dir, config.data.source)
-    model = build_model(config.model)
-    statistics = stages.recalibrate_stage(config, model, rebuilt, dataset)
-    accuracy = stages.evaluator(config, model, dataset)({**rebuilt, **statistics})
-    summary = {"accuracy_bn_recalibrated": evaluate.summary(accuracy), "relative_error": float(
-        jnp.linalg.norm(flatten_zoo(rebuilt) - weights) / jnp.linalg.norm(weights)
-    )}
-    checkpoints.save_json(cached, summary)
-    return summary
+    work.remove_zoo_chunks()
 
 
 def run_space(base: pathlib.Path, space: str, iterations: int) -> dict:
     """One pipeline run in its own workdir, starting from (and leaving behind) the shared stages in `base`."""
     workdir = base.with_name(f"{base.name}_{space.replace(':', '')}_{iterations}")
-    for stage in SHARED_STAGES:
-        if (base / stage).exists() and not (workdir / stage).exists():
-            shutil.copytree(base / stage, workdir / stage)
+    Workdir(workdir).copy_stages_from(Workdir(base), SHARED_STAGES)
     start = time.perf_counter()
     config = space_config(space, iterations)
     result = pipeline.run(config, workdir, progress=True)
     result["wall_seconds_this_invocation"] = round(time.perf_counter() - start, 1)
     result["zoo_epochs"] = config.zoo.epochs
     if space != "none":
-        result["reconstructed_zoo"] = reconstructed_zoo_accuracy(config, workdir)
-    for stage in SHARED_STAGES:
-        if not (base / stage).exists():
-            shutil.copytree(workdir / stage, base / stage)
+        result["reconstructed_zoo"] = stage_readers.reconstructed_zoo_accuracy(config, workdir)
+    Workdir(base).copy_stages_from(Workdir(workdir), SHARED_STAGES)
     return result
 
 
 def zoo_origin(num_models: int) -> str:
     if FLAGS.reuse_zoo is None:
         return "all trained by this script"
-    reused = len(checkpoints.restore_tree(pathlib.Path(FLAGS.reuse_zoo) / "zoo")["test_accuracy"])
-    return f"models 0-{reused - 1} are the zoo of {FLAGS.reuse_zoo} (same seed and settings), models {reused}-{num_models - 1} trained here"
+    reused = len(Workdir(FLAGS.reuse_zoo).load("zoo")["test_accuracy"])
+    return (
+        f"models 0-{reused - 1} are the zoo of {FLAGS.reuse_zoo} (same seed and settings), "
+        f"models {reused}-{num_models - 1} trained here"
+    )
 
 
 def reconstructed(result: dict) -> str:
@@ -182,10 +144,13 @@ def markdown(rows: list[dict], provenance: dict) -> str:
         *common.provenance_lines(provenance),
         f"Wall time of this invocation: {provenance['wall_seconds']} s",
         f"Data: {rows[0]['dataset']['source']}",
-        f"Zoo: {rows[0]['original']['num_models']} models x {rows[0]['zoo_epochs']} epochs ({zoo_origin(rows[0]['original']['num_models'])}); "
+        f"Zoo: {rows[0]['original']['num_models']} models x {rows[0]['zoo_epochs']} epochs "
+        f"({zoo_origin(rows[0]['original']['num_models'])}); "
         f"{rows[0]['generated']['num_samples']} generated models per row, BN recalibrated as in Table 7.",
         "",
-        "| flow space | flow params | flow iterations | flow time (s) | original (%) | zoo through PCA, BN recalibrated (%) | generated, as generated (%) | generated, BN recalibrated (%) | nearest-original distance (generated / originals) |",
+        "| flow space | flow params | flow iterations | flow time (s) | original (%) "
+        "| zoo through PCA, BN recalibrated (%) | generated, as generated (%) | generated, BN recalibrated (%) "
+        "| nearest-original distance (generated / originals) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for result in rows:
@@ -193,15 +158,18 @@ def markdown(rows: list[dict], provenance: dict) -> str:
         before = result["generated"]["accuracy_before_bn_recalibration"]
         novelty = result["generated"]["novelty"]
         lines.append(
-            f"| {result['flow']['weight_space']} | {result['flow']['num_params']:,} | {result['flow']['iterations']} | {result['timings'].get('flow', float('nan')):.0f} "
-            f"| {common.mean_std(original)} | {reconstructed(result)} | {common.mean_std(before)} | {common.mean_std(generated)} "
-            f"| {novelty['generated_to_nearest_original']['mean']:.2f} / {novelty['original_to_nearest_other_original']['mean']:.2f} |"
+            f"| {result['flow']['weight_space']} | {result['flow']['num_params']:,} | {result['flow']['iterations']} "
+            f"| {result['timings'].get('flow', float('nan')):.0f} "
+            f"| {common.mean_std(original)} | {reconstructed(result)} | {common.mean_std(before)} "
+            f"| {common.mean_std(generated)} "
+            f"| {novelty['generated_to_nearest_original']['mean']:.2f} "
+            f"/ {novelty['original_to_nearest_other_original']['mean']:.2f} |"
         )
     lines += [
         "",
-        "Zoo through PCA: each canonical model projected on the k components and back (relative L2 error in brackets), "
-        "BN statistics re-estimated the same way as for the generated nets: the accuracy a flow that reproduced the zoo "
-        "exactly in that space would reach.",
+        "Zoo through PCA: each canonical model projected on the k components and back "
+        "(relative L2 error in brackets), BN statistics re-estimated the same way as for the generated nets: "
+        "the accuracy a flow that reproduced the zoo exactly in that space would reach.",
         "",
         PAPER,
         "",

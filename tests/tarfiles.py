@@ -42,5 +42,8 @@ def write_tiny_cifar10(root):
     """A data dir under `root` holding a CIFAR-10 archive of every class (8 train, 2 test images each); returns it."""
     data_dir = root / "data"
     (data_dir / CIFAR10_TAR).parent.mkdir(parents=True)
-    write_image_folder_tar(data_dir / CIFAR10_TAR, {"train": {name: 8 for name in CIFAR10_CLASSES}, "test": {name: 2 for name in CIFAR10_CLASSES}})
+    write_image_folder_tar(
+        data_dir / CIFAR10_TAR,
+        {"train": {name: 8 for name in CIFAR10_CLASSES}, "test": {name: 2 for name in CIFAR10_CLASSES}},
+    )
     return data_dir

@@ -54,7 +54,7 @@ def test_crop_flip_outputs_are_padded_windows_or_their_flips():
 def test_no_padding_only_flips():
     images = random_images(8)
     out = np.asarray(augment.random_crop_flip(jax.random.key(3), images, padding=0))
-    for image, result in zip(images, out):
+    for image, result in zip(images, out, strict=False):
         assert np.array_equal(result, image) or np.array_equal(result, image[:, ::-1])
 
 

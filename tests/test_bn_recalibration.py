@@ -37,8 +37,17 @@ def test_zeroed_statistics_are_restored_on_real_digits():
     x_train, y_train, x_test, y_test = images[:1400], labels[:1400], images[1400:], labels[1400:]
     model = SmallCNN(dropout_rate=0.0)
     variables, _ = zoo.train_models(
-        model, zoo.make_optimizer("adam", 3e-3, 0.0), x_train, y_train, seed=0, model_indices=np.arange(2),
-        epochs=4, batch_size=64, inputs=input_pipeline("mnist"), drop_last=True, progress=False,
+        model,
+        zoo.make_optimizer("adam", 3e-3, 0.0),
+        x_train,
+        y_train,
+        seed=0,
+        model_indices=np.arange(2),
+        epochs=4,
+        batch_size=64,
+        inputs=input_pipeline("mnist"),
+        drop_last=True,
+        progress=False,
     )
     trained = ensemble_accuracy(model, variables, x_test, y_test)
     assert np.all(trained > 80.0), trained

@@ -23,6 +23,7 @@ from dwf_jax.models import (
     MODEL_NAMES,
     SmallCNN,
     build_model,
+    model_config,
     permutation_spec,
     resnet18,
     resnet20,
@@ -78,7 +79,7 @@ def assert_close_to_scale(actual: jax.Array, expected: jax.Array) -> None:
     np.testing.assert_allclose(np.asarray(actual) / scale, np.asarray(expected) / scale, rtol=0, atol=1e-5)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def forward(name: str):
     """Jitted (eval logits, train logits, updated batch_stats) of MODELS[name], compiled once."""
     model = MODELS[name][0]
@@ -109,7 +110,7 @@ def test_parameter_counts_and_batch_stats(name):
 
 def test_registry_builds_every_model_with_a_fitting_spec():
     for name in MODEL_NAMES:
-        config = ml_collections.ConfigDict({"name": name, "features": (32, 10), "init_scheme": "kaiming"})
+        config = model_config(name)
         model = build_model(config)
         perm.validate(permutation_spec(config), jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(X_SHAPE)))
     with pytest.raises(ValueError, match="unknown model"):

@@ -84,7 +84,7 @@ def test_load_mnist_from_data_dir(tmp_path):
     assert ds.x_train.shape == (6, 28, 28, 1) and ds.x_test.shape == (4, 28, 28, 1)
     assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
     assert ds.y_train.shape == (6,) and ds.y_test.shape == (4,)
-    assert 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
+    assert ds.x_train.min() >= 0.0 and ds.x_train.max() <= 1.0
     assert ds.num_classes == 10
     assert str(directory) in ds.source
 

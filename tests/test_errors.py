@@ -12,12 +12,12 @@ import pytest
 from tarfiles import write_image_folder_tar
 
 import configs.iris_mlp as iris_config
-from dwf_jax import checkpoints, ensemble, permutations, pipeline
+from dwf_jax import checkpoints, permutations, pipeline
 from dwf_jax.checkpoints import CheckpointError, NotEnoughSpace
 from dwf_jax.data import CIFAR10_TAR, DatasetNotFoundError
-from dwf_jax.ensemble import NonFiniteWeights
-from dwf_jax.models import MLP
+from dwf_jax.models import MLP, model_config
 from dwf_jax.workdir import WorkdirBusy, WorkdirConfigMismatch, WorkdirNotWritable, locked
+from dwf_jax.zoo_store import NonFiniteWeights
 
 ROOT = pathlib.Path(__file__).parents[1]
 
@@ -31,7 +31,11 @@ def tiny_config():
 
 
 def snapshot(folder: pathlib.Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -101,13 +105,20 @@ def test_missing_dataset(workdir, monkeypatch):
     monkeypatch.delenv("DWF_DATA_DIR", raising=False)
     config = tiny_config()
     config.data.update(name="mnist", source="offline", dir=str(workdir.parent / "no-data"))
-    refused(workdir, DatasetNotFoundError, "no-data/mnist: missing train-images-idx3-ubyte.gz", lambda: pipeline.run(config, workdir, progress=False))
+    refused(
+        workdir,
+        DatasetNotFoundError,
+        "no-data/mnist: missing train-images-idx3-ubyte.gz",
+        lambda: pipeline.run(config, workdir, progress=False),
+    )
 
 
 def test_workdir_of_another_config(workdir):
     config = tiny_config()
     config.zoo.epochs = 11
-    refused(workdir, WorkdirConfigMismatch, "zoo.epochs: 10 -> 11", lambda: pipeline.run(config, workdir, progress=False))
+    refused(
+        workdir, WorkdirConfigMismatch, "zoo.epochs: 10 -> 11", lambda: pipeline.run(config, workdir, progress=False)
+    )
 
 
 def test_truncated_checkpoint(workdir):
@@ -122,7 +133,9 @@ def test_checkpoint_of_another_architecture(workdir, tmp_path):
     pipeline.run(other_config, tmp_path / "other", progress=False)
     shutil.rmtree(workdir / "zoo")
     shutil.copytree(tmp_path / "other" / "zoo", workdir / "zoo")
-    refused(workdir, CheckpointError, r"zoo holds another architecture .*'Dense_0'\]\['bias'\] has shape \(4, 8\), expected \(4, 16\)")
+    shutil.copyfile(tmp_path / "other" / "zoo.f32", workdir / "zoo.f32")
+    expected = r"zoo.f32 has 1072 bytes, expected 4 x 131 float32 .*another architecture.*delete .*zoo"
+    refused(workdir, CheckpointError, expected)
 
 
 def test_spec_that_does_not_fit_the_params():
@@ -149,25 +162,22 @@ def test_zoo_with_nan_weights(tmp_path):
 
 
 def test_generated_nan_weights(workdir):
+    config = tiny_config()
     flow = checkpoints.restore_tree(workdir / "flow")
+    broken = jax.tree.map(lambda leaf: leaf * np.nan, flow["params"])
+    never_written = lambda samples, path: pytest.fail("wrote weights")  # noqa: E731
+    space = pipeline.WeightSpace("full weights", np.zeros((4, 131), np.float32), never_written)
     with pytest.raises(NonFiniteWeights, match="generated weights: 3 of 3 models .* delete .*flow"):
-        pipeline.generate(tiny_config(), flow["params"], 131, lambda x: x * np.nan, workdir, progress=False)
+        pipeline.generate(config, broken, space, pipeline.Workdir(workdir), progress=False)
 
 
 def test_flow_nan_guard_names_step_and_checkpoint(tmp_path):
     config = tiny_config()
     config.flow.source_std = 1e30
-    with pytest.raises(FloatingPointError, match="flow loss became non-finite near step 30; last good checkpoint: step None"):
+    with pytest.raises(
+        FloatingPointError, match="flow loss became non-finite near step 30; last good checkpoint: step None"
+    ):
         pipeline.run(config, tmp_path / "work", progress=False)
-
-
-def test_zoo_of_mixed_architectures():
-    small = MLP((8, 3)).init(jax.random.key(0), np.zeros((1, 4)))
-    large = MLP((16, 3)).init(jax.random.key(1), np.zeros((1, 4)))
-    with pytest.raises(ValueError, match=r"model 2 has another architecture .*Dense_0'\]\['bias'\] has shape \(16,\), expected \(8,\)"):
-        ensemble.stack([small, small, large])
-    with pytest.raises(ValueError, match="at least 2 models"):
-        ensemble.stack([small])
 
 
 def test_workdir_that_cannot_be_written(tmp_path):
@@ -199,7 +209,12 @@ def test_truncated_idx_file(workdir, tmp_path, monkeypatch):
         (folder / name).write_bytes(bytes([0, 0, 8, 1]) + (60000).to_bytes(4, "big") + bytes(10))
     config = tiny_config()
     config.data.update(name="mnist", dir=str(tmp_path / "data"), source="offline")
-    refused(workdir, ValueError, "idx3-ubyte.*needs 47040000 data bytes, got 100", lambda: pipeline.run(config, workdir, progress=False))
+    refused(
+        workdir,
+        ValueError,
+        "idx3-ubyte.*needs 47040000 data bytes, got 100",
+        lambda: pipeline.run(config, workdir, progress=False),
+    )
 
 
 def test_corrupt_jpeg_in_the_cifar_archive(workdir, tmp_path, monkeypatch):
@@ -209,5 +224,7 @@ def test_corrupt_jpeg_in_the_cifar_archive(workdir, tmp_path, monkeypatch):
     write_image_folder_tar(tar, {"train": {"cat": 2}, "test": {"dog": 1}}, corrupt="cifar10_jpeg/train/cat/0001.jpg")
     config = tiny_config()
     config.data.update(name="cifar10", dir=str(tmp_path / "data"), source="offline")
-    config.model.name = "smallcnn"
-    refused(workdir, ValueError, "cifar10_jpeg/train/cat/0001.jpg", lambda: pipeline.run(config, workdir, progress=False))
+    config.model = model_config("smallcnn")
+    refused(
+        workdir, ValueError, "cifar10_jpeg/train/cat/0001.jpg", lambda: pipeline.run(config, workdir, progress=False)
+    )

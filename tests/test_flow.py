@@ -57,7 +57,12 @@ def test_flow_loss_decreases_and_samples_land_on_the_data():
     assert float(jnp.mean(losses[-100:])) < 0.5 * float(jnp.mean(losses[:20]))
     samples = flow.sample_ensemble(
         lambda x, t: model.apply({"params": state.params}, x, t, train=False),
-        jax.random.key(3), 64, 4, source_std=1.0, num_steps=50, method="rk4",
+        jax.random.key(3),
+        64,
+        4,
+        source_std=1.0,
+        num_steps=50,
+        method="rk4",
     )
     distance_to_nearest_mode = jnp.minimum(jnp.abs(samples - 1.0), jnp.abs(samples + 1.0)).mean()
     assert float(distance_to_nearest_mode) < 0.3

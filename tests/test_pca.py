@@ -6,11 +6,14 @@ from sklearn.decomposition import IncrementalPCA
 
 from dwf_jax import pca
 from dwf_jax.config import base_config, validate_config
+from dwf_jax.zoo_store import FileZoo, MemoryZoo, write_rows
 
 
 def _low_rank(num_rows=40, dim=300, rank=5, seed=0):
     rng = np.random.default_rng(seed)
-    return (rng.normal(size=(num_rows, rank)) * np.arange(rank, 0, -1)) @ rng.normal(size=(rank, dim)) + rng.normal(size=dim)
+    return (rng.normal(size=(num_rows, rank)) * np.arange(rank, 0, -1)) @ rng.normal(size=(rank, dim)) + rng.normal(
+        size=dim
+    )
 
 
 def test_dual_pca_matches_numpy_svd_subspace():
@@ -31,7 +34,9 @@ def test_n_minus_one_components_reconstruct_the_zoo_exactly():
 
 
 def _streaming(data, num_components, micro_batch=64, **options):
-    state, _ = pca.fit_transform_dual_streaming(pca.array_reader(data), len(data), data.shape[1], num_components, micro_batch, **options)
+    state, _ = pca.fit_transform_dual_streaming(
+        MemoryZoo(data).columns, len(data), data.shape[1], num_components, micro_batch, **options
+    )
     return state
 
 
@@ -104,26 +109,37 @@ def test_fp16_streaming_stays_within_the_stated_error_of_fp32():
 
 def test_streaming_from_a_memmap_file_matches_in_memory_dual(tmp_path):
     data = _low_rank().astype(np.float32)
-    assert pca.write_memmap(tmp_path / "zoo.bin", iter(data), 300) == 40
-    reader = pca.memmap_reader(tmp_path / "zoo.bin", 40, 300)
-    streamed, _ = pca.fit_transform_dual_streaming(reader, 40, 300, 5, micro_batch=64, components_path=tmp_path / "components.bin")
+    assert write_rows(tmp_path / "zoo.bin", iter(data)).num_models == 40
+    reader = FileZoo(tmp_path / "zoo.bin", 40, 300).columns
+    streamed, _ = pca.fit_transform_dual_streaming(
+        reader, 40, 300, 5, micro_batch=64, components_path=tmp_path / "components.bin"
+    )
     in_memory = pca.fit_dual(jnp.asarray(data), 5)
     assert isinstance(streamed.components, np.memmap)
     np.testing.assert_allclose(streamed.mean, in_memory.mean, atol=1e-5)
     np.testing.assert_allclose(_match_signs(streamed.components, in_memory.components), in_memory.components, atol=1e-4)
     np.testing.assert_allclose(streamed.explained_variance, in_memory.explained_variance, rtol=1e-4)
     with pytest.raises(ValueError, match="shorter"):
-        pca.memmap_reader(tmp_path / "zoo.bin", 41, 300)(0, 64)
+        FileZoo(tmp_path / "zoo.bin", 41, 300).columns(0, 64)
 
 
-def test_fit_dispatches_every_method_to_jax_arrays():
-    data = jnp.asarray(_low_rank(), jnp.float32)
-    for method, options in [("dual", {}), ("dual", {"micro_batch": 64, "solver": "randomized"}), ("incremental", {"batch_size": 16})]:
-        state = pca.fit(method, data, 5, **options)
-        assert all(isinstance(value, jax.Array) for value in state)
-        assert _relative_error(state, np.asarray(data)) < 1e-4
-    with pytest.raises(ValueError, match="unknown PCA method"):
-        pca.fit("kernel", data, 5)
+@pytest.mark.parametrize("store", ["memory", "file"])
+def test_fit_transform_gives_every_method_and_its_coefficients_from_any_store(store, tmp_path):
+    data = _low_rank().astype(np.float32)
+    zoo = MemoryZoo(data) if store == "memory" else write_rows(tmp_path / "zoo.f32", iter(data))
+    for method, options in [
+        ("dual", {}),
+        ("dual", {"solver": "randomized", "key": jax.random.key(1)}),
+        ("incremental", {"batch_size": 16}),
+    ]:
+        state, coefficients = pca.fit_transform(
+            method, zoo, 5, 64, components_path=tmp_path / f"{method}.f32", **options
+        )
+        assert isinstance(state.components, np.memmap) and state.components.shape == (5, 300)
+        np.testing.assert_allclose(coefficients, pca.transform(state, data), rtol=1e-4, atol=1e-3)
+        assert _relative_error(state, data) < 1e-4
+    with pytest.raises(ValueError, match="unknown PCA method 'kernel'"):
+        pca.fit_transform("kernel", zoo, 5, 64)
 
 
 def test_config_accepts_incremental_and_names_a_bad_solver():
@@ -133,3 +149,13 @@ def test_config_accepts_incremental_and_names_a_bad_solver():
     config.pca.solver = "lanczos"
     with pytest.raises(ValueError, match="pca.solver"):
         validate_config(config)
+
+
+def test_transforms_state_their_shape_contract():
+    state = pca.fit_dual(jnp.asarray(_low_rank(), jnp.float32), 5)
+    with pytest.raises(AssertionError, match="on axis '1'"):
+        pca.transform(state, jnp.zeros((3, 299)))
+    with pytest.raises(AssertionError, match="on axis '1'"):
+        pca.inverse_transform(state, jnp.zeros((3, 4)))
+    with pytest.raises(AssertionError, match="rank"):
+        pca.fit_dual(jnp.zeros(300), 5)

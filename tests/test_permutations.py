@@ -71,7 +71,7 @@ def random_variables(model, x, seed):
     return jax.tree.map(sample, jax.eval_shape(model.init, jax.random.key(0), x))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_mlp(widths: tuple[int, ...], seed: int = 0):
     """(jitted apply, numpy variables, input batch) for an MLP with these layer widths."""
     model = MLP(widths[1:])
@@ -80,14 +80,14 @@ def make_mlp(widths: tuple[int, ...], seed: int = 0):
 
 
 def max_abs_diff(a, b) -> float:
-    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=False)
     return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in pairs)
 
 
 def sq_dist(a, b) -> float:
     return sum(
         float(np.sum((np.asarray(x, np.float64) - np.asarray(y, np.float64)) ** 2))
-        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=False)
     )
 
 
@@ -262,10 +262,7 @@ def test_weight_matching_handles_batch_norm_collections():
     shapes = {"Conv_0": (3, 3, 2, 8), "Conv_1": (3, 3, 8, 5)}
     variables = {
         "params": {
-            **{
-                name: {"kernel": rng.normal(size=s), "bias": rng.normal(size=s[-1])}
-                for name, s in shapes.items()
-            },
+            **{name: {"kernel": rng.normal(size=s), "bias": rng.normal(size=s[-1])} for name, s in shapes.items()},
             "BN_0": {"scale": rng.normal(size=8), "bias": rng.normal(size=8)},
         },
         "batch_stats": {"BN_0": {"mean": rng.normal(size=8), "var": rng.uniform(size=8)}},

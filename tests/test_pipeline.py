@@ -5,10 +5,9 @@ import pathlib
 
 import pytest
 
+import configs.iris_mlp as iris_config
 from dwf_jax import pipeline
 from dwf_jax.workdir import WorkdirConfigMismatch
-
-import configs.iris_mlp as iris_config
 
 
 def _tiny_config():
@@ -35,7 +34,10 @@ def test_report_schema(finished_run):
         assert 0.0 <= written[group]["accuracy"]["min"] <= written[group]["accuracy"]["max"] <= 100.0
     assert written["original"]["num_models"] == 6 and len(written["generated"]["per_model"]) == 5
     assert written["generated"]["nfe"] == 40
-    assert set(written["generated"]["novelty"]) == {"generated_to_nearest_original", "original_to_nearest_other_original"}
+    assert set(written["generated"]["novelty"]) == {
+        "generated_to_nearest_original",
+        "original_to_nearest_other_original",
+    }
     assert set(written["timings"]) == {"zoo", "canonical", "flow", "samples", "eval_generated"}
     assert (workdir / "accuracy.png").stat().st_size > 0
 
@@ -49,7 +51,9 @@ def test_canonicalization_preserves_function_and_moves_towards_reference(finishe
 
 def test_second_run_skips_done_stages(finished_run):
     workdir, first = finished_run
-    stamps = {name: (workdir / name).stat().st_mtime_ns for name in ("zoo", "canonical", "flow", "samples", "eval_generated")}
+    stamps = {
+        name: (workdir / name).stat().st_mtime_ns for name in ("zoo", "canonical", "flow", "samples", "eval_generated")
+    }
     second = pipeline.run(_tiny_config(), workdir, progress=False)
     assert {name: (workdir / name).stat().st_mtime_ns for name in stamps} == stamps
     assert second["generated"]["per_model"] == first["generated"]["per_model"]

@@ -13,7 +13,7 @@ from dwf_jax.models import SmallCNN
 from dwf_jax.models.specs import smallcnn_permutation_spec
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_cnn(widths: tuple[int, ...], hidden: int, seed: int):
     """(jitted eval apply, numpy variables with non-trivial BN statistics, 8x8 input batch)."""
     model = SmallCNN(widths=widths, hidden_width=hidden, dropout_rate=0.0)
@@ -32,11 +32,18 @@ def make_cnn(widths: tuple[int, ...], hidden: int, seed: int):
 
 
 def squared_distance(a, b) -> float:
-    return sum(float(np.sum((np.asarray(u, np.float64) - np.asarray(v, np.float64)) ** 2)) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    return sum(
+        float(np.sum((np.asarray(u, np.float64) - np.asarray(v, np.float64)) ** 2))
+        for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=False)
+    )
 
 
 @settings(max_examples=10, deadline=None)
-@given(widths=st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(1, 6)), hidden=st.integers(1, 8), seed=st.integers(0, 2**16))
+@given(
+    widths=st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(1, 6)),
+    hidden=st.integers(1, 8),
+    seed=st.integers(0, 2**16),
+)
 def test_cnn_permutations_round_trip_keep_function_and_matching_never_worse(widths, hidden, seed):
     apply_fn, variables = make_cnn(widths, hidden, seed)
     _, other = make_cnn(widths, hidden, seed + 1)

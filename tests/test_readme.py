@@ -19,3 +19,24 @@ def test_permutation_example_runs_and_preserves_the_function():
     np.testing.assert_allclose(net.apply(namespace["a"], x), net.apply(namespace["a_permuted"], x), atol=1e-5)
     np.testing.assert_allclose(net.apply(namespace["b"], x), net.apply(namespace["b_aligned"], x), atol=1e-5)
     assert namespace["match"].converged
+
+
+def test_zoo_store_example_runs_and_aligns_the_zoo(tmp_path, monkeypatch):
+    import jax
+
+    from dwf_jax.models import MLP
+    from dwf_jax.permutations.builders import mlp_permutation_spec
+
+    monkeypatch.chdir(tmp_path)
+    section = README.read_text().split("## Zoos larger than memory")[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    models = [MLP((16, 3)).init(jax.random.key(index), jnp.zeros((1, 4))) for index in range(5)]
+    namespace = {"first_model": models[0], "models": models, "key": jax.random.key(0), "spec": mlp_permutation_spec(2)}
+    exec(compile(code, "README.md", "exec"), namespace)
+    zoo, canonical = namespace["zoo"], namespace["canonical"]
+    reference = zoo.read(0)
+    assert all(
+        np.linalg.norm(canonical.read(index) - reference) <= np.linalg.norm(zoo.read(index) - reference) + 1e-5
+        for index in range(5)
+    )
+    assert namespace["coefficients"].shape == (5, 4) and namespace["state"].components.shape == (4, 131)

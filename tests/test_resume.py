@@ -11,17 +11,32 @@ import jax
 import numpy as np
 
 from dwf_jax.checkpoints import restore_tree
+from dwf_jax.workdir import MATRIX_FILES
 
 ROOT = pathlib.Path(__file__).parents[1]
 OVERRIDES = [
-    "--config.zoo.num_models=8", "--config.zoo.epochs=60", "--config.zoo.checkpoint_every=1",
-    "--config.flow.iterations=600", "--config.flow.hidden=32", "--config.flow.steps_per_dispatch=10",
-    "--config.flow.checkpoint_every=20", "--config.sample.num_samples=4", "--config.sample.steps=10",
+    "--config.zoo.num_models=8",
+    "--config.zoo.epochs=60",
+    "--config.zoo.checkpoint_every=1",
+    "--config.flow.iterations=600",
+    "--config.flow.hidden=32",
+    "--config.flow.steps_per_dispatch=10",
+    "--config.flow.checkpoint_every=20",
+    "--config.sample.num_samples=4",
+    "--config.sample.steps=10",
 ]
 
 
 def _command(workdir: pathlib.Path) -> list[str]:
-    return [sys.executable, "-m", "dwf_jax.main", "--config=configs/iris_mlp.py", f"--workdir={workdir}", "--noprogress", *OVERRIDES]
+    return [
+        sys.executable,
+        "-m",
+        "dwf_jax.main",
+        "--config=configs/iris_mlp.py",
+        f"--workdir={workdir}",
+        "--noprogress",
+        *OVERRIDES,
+    ]
 
 
 def _latest_step(folder: pathlib.Path) -> int:
@@ -44,8 +59,10 @@ def _run_to_end(workdir: pathlib.Path) -> None:
     assert finished.returncode == 0, finished.stderr[-3000:]
 
 
-def _assert_bitwise_equal(a: pathlib.Path, b: pathlib.Path) -> None:
-    jax.tree.map(np.testing.assert_array_equal, restore_tree(a), restore_tree(b))
+def _assert_bitwise_equal(a: pathlib.Path, b: pathlib.Path, stage: str) -> None:
+    jax.tree.map(np.testing.assert_array_equal, restore_tree(a / stage), restore_tree(b / stage))
+    if stage in MATRIX_FILES:
+        assert (a / MATRIX_FILES[stage]).read_bytes() == (b / MATRIX_FILES[stage]).read_bytes(), stage
 
 
 def test_zoo_and_flow_resume_bitwise(tmp_path):
@@ -63,4 +80,4 @@ def test_zoo_and_flow_resume_bitwise(tmp_path):
     _run_to_end(interrupted)
 
     for stage in ("zoo", "canonical", "flow", "samples"):
-        _assert_bitwise_equal(tmp_path / "uninterrupted" / stage, interrupted / stage)
+        _assert_bitwise_equal(tmp_path / "uninterrupted", interrupted, stage)

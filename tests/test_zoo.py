@@ -14,8 +14,16 @@ from dwf_jax.models import MLP
 def _train(indices, epochs=3):
     data = load_dataset("iris")
     return zoo.train_models(
-        MLP((16, 3)), zoo.make_optimizer("adam", 1e-2, 0.0), data.x_train, data.y_train,
-        seed=7, model_indices=np.asarray(indices), epochs=epochs, batch_size=16, inputs=input_pipeline("iris"), progress=False,
+        MLP((16, 3)),
+        zoo.make_optimizer("adam", 1e-2, 0.0),
+        data.x_train,
+        data.y_train,
+        seed=7,
+        model_indices=np.asarray(indices),
+        epochs=epochs,
+        batch_size=16,
+        inputs=input_pipeline("iris"),
+        progress=False,
     )
 
 
@@ -23,7 +31,7 @@ def test_vmapped_zoo_matches_one_by_one():
     together, _ = _train([0, 1, 2])
     for i in range(3):
         alone, _ = _train([i])
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i], b[0], atol=1e-5, rtol=0), together, alone)
+        jax.tree.map(lambda a, b, i=i: np.testing.assert_allclose(a[i], b[0], atol=1e-5, rtol=0), together, alone)
 
 
 def test_models_differ_and_learn():
@@ -51,13 +59,15 @@ def test_cosine_schedule_anneals_the_step_size():
         updates, state = tx.update({"w": np.ones(3, np.float32)}, state, params)
         sizes.append(float(np.abs(updates["w"]).max()))
     assert abs(sizes[0] - 0.1) < 1e-3 and sizes[-1] < 0.05 * sizes[0]
-    assert all(a >= b for a, b in zip(sizes, sizes[1:]))
+    assert all(a >= b for a, b in zip(sizes, sizes[1:], strict=False))
 
 
 @pytest.mark.parametrize("models_per_vmap, scan_steps", [(3, True), (1, False), (0, False)])
 def test_dispatch_strategies_give_the_same_zoo(models_per_vmap, scan_steps):
     data = load_dataset("iris")
-    common = dict(seed=3, model_indices=np.arange(4), epochs=2, batch_size=16, inputs=input_pipeline("iris"), progress=False)
+    common = dict(
+        seed=3, model_indices=np.arange(4), epochs=2, batch_size=16, inputs=input_pipeline("iris"), progress=False
+    )
     tx = zoo.make_optimizer("adam", 1e-2, 0.0)
     reference, reference_losses = zoo.train_models(MLP((16, 3)), tx, data.x_train, data.y_train, **common)
     other, losses = zoo.train_models(

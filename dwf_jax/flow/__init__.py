@@ -1,11 +1,13 @@
 """Flow matching on flattened network weights: model, loss, training, sampling."""
 
-from dwf_jax.flow.loss import flow_matching_loss, sample_time
+from dwf_jax.flow.loss import TIME_DISTRIBUTIONS, flow_matching_loss, sample_time
 from dwf_jax.flow.model import VelocityField
-from dwf_jax.flow.sample import integrate, num_function_evals, sample_ensemble
+from dwf_jax.flow.sample import ODE_METHODS, integrate, num_function_evals, sample_ensemble
 from dwf_jax.flow.train import FlowState, create_flow_state, make_optimizer, make_train_chunk
 
 __all__ = [
+    "ODE_METHODS",
+    "TIME_DISTRIBUTIONS",
     "VelocityField",
     "flow_matching_loss",
     "sample_time",

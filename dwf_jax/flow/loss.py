@@ -1,11 +1,13 @@
 """Conditional flow matching on the straight path from Gaussian noise to weights."""
 
-from typing import Callable
+from collections.abc import Callable
 
+import chex
 import jax
 import jax.numpy as jnp
 
 Velocity = Callable[[jax.Array, jax.Array], jax.Array]
+TIME_DISTRIBUTIONS = ("uniform", "beta")
 
 
 def sample_time(key: jax.Array, batch: int, distribution: str, beta: tuple[float, float]) -> jax.Array:
@@ -14,7 +16,7 @@ def sample_time(key: jax.Array, batch: int, distribution: str, beta: tuple[float
         return jax.random.uniform(key, (batch,))
     if distribution == "beta":
         return jax.random.beta(key, beta[0], beta[1], (batch,))
-    raise ValueError(f"unknown time distribution {distribution!r}; choose uniform or beta")
+    raise ValueError(f"unknown time distribution {distribution!r}; choose one of {list(TIME_DISTRIBUTIONS)}")
 
 
 def flow_matching_loss(
@@ -28,6 +30,7 @@ def flow_matching_loss(
     beta: tuple[float, float] = (2.0, 5.0),
 ) -> jax.Array:
     """MSE between v(x_t, t) and x1 - x0, with x_t = (1-t) x0 + t x1 + sigma * eps."""
+    chex.assert_rank(x1, 2)  # (batch, dim): one flattened model per row
     key_x0, key_t, key_eps = jax.random.split(key, 3)
     x0 = source_std * jax.random.normal(key_x0, x1.shape, x1.dtype)
     t = sample_time(key_t, x1.shape[0], time_distribution, beta)

@@ -1,12 +1,14 @@
 """Generate weights by integrating the learned velocity field from noise (one lax.scan)."""
 
-from typing import Callable
+from collections.abc import Callable
 
+import chex
 import jax
 import jax.numpy as jnp
 
 Velocity = Callable[[jax.Array, jax.Array], jax.Array]
-_STAGES = {"euler": 1, "rk4": 4}
+_STAGES = {"rk4": 4, "euler": 1}
+ODE_METHODS = tuple(_STAGES)
 
 
 def num_function_evals(method: str, num_steps: int) -> int:
@@ -17,13 +19,18 @@ def num_function_evals(method: str, num_steps: int) -> int:
 
 
 def integrate(
-    velocity: Velocity, x0: jax.Array, num_steps: int, method: str = "rk4", on_step: Callable[[jax.Array], None] | None = None
+    velocity: Velocity,
+    x0: jax.Array,
+    num_steps: int,
+    method: str = "rk4",
+    on_step: Callable[[jax.Array], None] | None = None,
 ) -> jax.Array:
     """Integrate dx/dt = v(x, t) from t=0 to t=1 in `num_steps` equal steps.
 
     `on_step(i)` runs on host after each step (a progress bar), via jax.debug.callback.
     """
     num_function_evals(method, num_steps)
+    chex.assert_rank(x0, 2)  # (models, dim)
     dt = 1.0 / num_steps
 
     def field(x, t):

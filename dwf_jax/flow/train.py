@@ -5,7 +5,8 @@ minibatches walk an epoch-wise shuffle of the zoo, so a run resumed from a
 checkpoint at step s continues exactly as an uninterrupted one.
 """
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -64,7 +65,13 @@ def make_train_chunk(
                 return model.apply({"params": params}, x, t, train=True, rngs={"dropout": dropout_key})
 
             return flow_matching_loss(
-                velocity, loss_key, x1, source_std=source_std, sigma=sigma, time_distribution=time_distribution, beta=beta
+                velocity,
+                loss_key,
+                x1,
+                source_std=source_std,
+                sigma=sigma,
+                time_distribution=time_distribution,
+                beta=beta,
             )
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)

@@ -1,8 +1,8 @@
 """Flax linen models whose variables are plain pytrees (vmappable over a zoo)."""
 
 from dwf_jax.models.cnn import SmallCNN
-from dwf_jax.models.mlp import MLP, INIT_SCHEMES
-from dwf_jax.models.registry import build_model, permutation_spec, MODEL_NAMES
+from dwf_jax.models.mlp import INIT_SCHEMES, MLP
+from dwf_jax.models.registry import MODEL_FIELDS, MODEL_NAMES, build_model, model_config, permutation_spec
 from dwf_jax.models.resnet import BasicBlock, ResNet, resnet18, resnet20
 from dwf_jax.models.specs import resnet_permutation_spec, smallcnn_permutation_spec
 
@@ -12,7 +12,9 @@ __all__ = [
     "BasicBlock",
     "ResNet",
     "SmallCNN",
+    "MODEL_FIELDS",
     "build_model",
+    "model_config",
     "permutation_spec",
     "MODEL_NAMES",
     "resnet18",

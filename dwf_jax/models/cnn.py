@@ -1,10 +1,9 @@
 """The paper's SmallCNN for CIFAR-10 (reference code: 21,914 params, not the table's 12,042)."""
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
-
 
 BN_MOMENTUM = 0.9
 

@@ -1,6 +1,6 @@
 """Fully connected ReLU classifiers of the paper's MLP zoos (Table 13)."""
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax

@@ -1,4 +1,4 @@
-"""Build a model and its permutation spec from `config.model`."""
+"""Build a model and its permutation spec from `config.model`, whose fields depend on the architecture."""
 
 from typing import Any
 
@@ -11,11 +11,30 @@ from dwf_jax.models.mlp import MLP
 from dwf_jax.models.resnet import ResNet, resnet18, resnet20
 from dwf_jax.models.specs import resnet_permutation_spec, smallcnn_permutation_spec
 
-MODEL_NAMES = ("mlp", "smallcnn", "resnet20", "resnet18")
+# Each architecture's config fields beside `name`, with their defaults.
+MODEL_FIELDS: dict[str, dict[str, Any]] = {
+    "mlp": {"features": (16, 3), "init_scheme": "kaiming"},
+    "smallcnn": {},
+    "resnet20": {},
+    "resnet18": {},
+}
+MODEL_NAMES = tuple(MODEL_FIELDS)
+
+
+def model_config(name: str, **fields: Any) -> ml_collections.ConfigDict:
+    """`config.model` for one architecture: its name and only the fields it reads."""
+    if name not in MODEL_FIELDS:
+        raise ValueError(f"unknown model {name!r}; choose one of {list(MODEL_NAMES)}")
+    unknown = sorted(set(fields) - set(MODEL_FIELDS[name]))
+    if unknown:
+        raise ValueError(
+            f"model {name!r} has no field {unknown[0]!r}; its fields: {sorted(MODEL_FIELDS[name]) or 'none'}"
+        )
+    return ml_collections.ConfigDict({"name": name, **MODEL_FIELDS[name], **fields})
 
 
 def build_model(model_config: ml_collections.ConfigDict) -> nn.Module:
-    """The model named by `model_config.name`; only the MLP reads further fields."""
+    """The model named by `model_config.name`, built from its fields."""
     if model_config.name == "mlp":
         return MLP(features=tuple(model_config.features), init_scheme=model_config.init_scheme)
     if model_config.name == "smallcnn":

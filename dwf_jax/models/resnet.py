@@ -1,6 +1,6 @@
 """CIFAR ResNets of the paper's reference code: ResNet-20 (272,474 params) and ResNet-18 (11,173,962)."""
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax

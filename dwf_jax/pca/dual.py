@@ -9,6 +9,7 @@ instead of D and every generated sample lies in the zoo's span.
 from functools import partial
 from typing import NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -49,6 +50,7 @@ def randomized_top_eigenpairs(
 @partial(jax.jit, static_argnums=1)
 def fit_dual(weights: jax.Array, num_components: int) -> PCAState:
     """Top `num_components` principal directions of the rows of `weights` (N, D)."""
+    chex.assert_rank(weights, 2)
     num_models = weights.shape[0]
     mean = jnp.mean(weights, axis=0)
     centred = weights - mean
@@ -59,9 +61,15 @@ def fit_dual(weights: jax.Array, num_components: int) -> PCAState:
 
 @jax.jit
 def transform(state: PCAState, weights: jax.Array) -> jax.Array:
+    """(M, D) weights -> (M, k) coefficients."""
+    chex.assert_rank(weights, 2)
+    chex.assert_axis_dimension(weights, 1, state.mean.shape[0])
     return (weights - state.mean) @ state.components.T
 
 
 @jax.jit
 def inverse_transform(state: PCAState, coefficients: jax.Array) -> jax.Array:
+    """(M, k) coefficients -> (M, D) weights."""
+    chex.assert_rank(coefficients, 2)
+    chex.assert_axis_dimension(coefficients, 1, state.components.shape[0])
     return coefficients @ state.components + state.mean

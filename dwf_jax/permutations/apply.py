@@ -54,14 +54,9 @@ def check_perms(perms: Mapping[str, Any], sizes: Mapping[str, int]) -> dict[str,
         if not isinstance(perm, jax.Array | np.ndarray):
             perm = np.asarray(perm)
         if perm.shape != (n,):
-            raise ValueError(
-                f"permutation for group {group!r} has shape {perm.shape}, "
-                f"expected ({n},) (wrong length)"
-            )
+            raise ValueError(f"permutation for group {group!r} has shape {perm.shape}, expected ({n},) (wrong length)")
         if not jnp.issubdtype(perm.dtype, jnp.integer):
-            raise ValueError(
-                f"permutation for group {group!r} has dtype {perm.dtype}, expected integers"
-            )
+            raise ValueError(f"permutation for group {group!r} has dtype {perm.dtype}, expected integers")
         values = _concrete(perm)
         if values is not None:
             problem = _not_a_permutation(values, n)
@@ -72,9 +67,7 @@ def check_perms(perms: Mapping[str, Any], sizes: Mapping[str, int]) -> dict[str,
     return checked
 
 
-def permute_array(
-    array: Any, axes: Axes, perms: Mapping[str, Any], except_axis: int | None = None
-) -> Any:
+def permute_array(array: Any, axes: Axes, perms: Mapping[str, Any], except_axis: int | None = None) -> Any:
     """Reindex every permuted axis of `array` (but `except_axis`) by its group's perm.
 
     Stays in numpy when both array and perms are numpy, so host-side matching
@@ -99,15 +92,12 @@ def apply_permutation(spec: Any, perms: Mapping[str, Any], params: Any) -> Any:
     """
     aligned = align(spec, params)
     checked = check_perms(perms, aligned.group_sizes())
-    leaves = [
-        permute_array(leaf, axes, checked) for leaf, axes in zip(aligned.leaves, aligned.axes)
-    ]
+    leaves = [permute_array(leaf, axes, checked) for leaf, axes in zip(aligned.leaves, aligned.axes, strict=False)]
     return jax.tree_util.tree_unflatten(aligned.treedef, leaves)
 
 
 def inverse_permutation(perms: Mapping[str, Any]) -> dict[str, Any]:
     """Per-group inverse, so that applying `perms` then the result is the identity."""
     return {
-        group: jnp.argsort(perm) if isinstance(perm, jax.Array) else np.argsort(perm)
-        for group, perm in perms.items()
+        group: jnp.argsort(perm) if isinstance(perm, jax.Array) else np.argsort(perm) for group, perm in perms.items()
     }

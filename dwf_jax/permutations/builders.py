@@ -23,9 +23,7 @@ def dense(name: str, in_group: Group, out_group: Group, bias: bool = True) -> Su
     return {name: layer}
 
 
-def conv(
-    name: str, in_group: Group, out_group: Group, bias: bool = True, spatial_dims: int = 2
-) -> SubSpec:
+def conv(name: str, in_group: Group, out_group: Group, bias: bool = True, spatial_dims: int = 2) -> SubSpec:
     """Flax `nn.Conv`: kernel is (*spatial, in, out) (HWIO for 2-D), bias is (out,).
 
     Spatial axes are never permuted.

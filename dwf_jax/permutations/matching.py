@@ -49,9 +49,7 @@ def _flat(array: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(array, axis, 0).reshape(array.shape[axis], -1)
 
 
-def _similarity(
-    terms: list[_Term], arrays: dict[int, np.ndarray], axes: list[Axes], perms: dict
-) -> np.ndarray:
+def _similarity(terms: list[_Term], arrays: dict[int, np.ndarray], axes: list[Axes], perms: dict) -> np.ndarray:
     """A[i, j] = <reference slice i, params slice j> summed over a group's terms.
 
     Other axes of each params leaf carry their groups' current permutations;
@@ -90,7 +88,7 @@ def weight_matching(
     """
     ref_aligned = align(spec, reference)
     aligned = align(spec, params)
-    ref_by_path = dict(zip(ref_aligned.paths, ref_aligned.leaves))
+    ref_by_path = dict(zip(ref_aligned.paths, ref_aligned.leaves, strict=False))
     sizes = aligned.group_sizes()
     if init_perms is None:
         perms = {group: np.arange(n) for group, n in sizes.items()}
@@ -100,15 +98,12 @@ def weight_matching(
     arrays: dict[int, np.ndarray] = {}
     refs: dict[int, np.ndarray] = {}
     terms: dict[str, list[_Term]] = {group: [] for group in sizes}
-    for i, (path, leaf, axes) in enumerate(zip(aligned.paths, aligned.leaves, aligned.axes)):
+    for i, (path, leaf, axes) in enumerate(zip(aligned.paths, aligned.leaves, aligned.axes, strict=False)):
         if not axes.permuted():
             continue
         ref = ref_by_path[path]
         if np.shape(ref) != np.shape(leaf):
-            raise ValueError(
-                f"reference and params differ in shape at {path}: "
-                f"{np.shape(ref)} vs {np.shape(leaf)}"
-            )
+            raise ValueError(f"reference and params differ in shape at {path}: {np.shape(ref)} vs {np.shape(leaf)}")
         arrays[i] = np.asarray(leaf, dtype=np.float64)
         refs[i] = np.asarray(ref, dtype=np.float64)
         for axis, group in axes.permuted():

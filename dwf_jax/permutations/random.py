@@ -18,4 +18,4 @@ def random_permutation(key: jax.Array, spec: Any, params: Any) -> dict[str, jax.
     """
     sizes = group_sizes(spec, params)
     keys = jax.random.split(key, len(sizes))
-    return {group: jax.random.permutation(k, n) for (group, n), k in zip(sizes.items(), keys)}
+    return {group: jax.random.permutation(k, n) for (group, n), k in zip(sizes.items(), keys, strict=False)}

@@ -58,7 +58,7 @@ class Aligned(NamedTuple):
         """Size of every permutation group, keyed by group name in sorted order."""
         sizes = {
             group: np.shape(leaf)[axis]
-            for leaf, axes in zip(self.leaves, self.axes)
+            for leaf, axes in zip(self.leaves, self.axes, strict=True)
             for axis, group in axes.permuted()
         }
         return dict(sorted(sizes.items()))
@@ -66,7 +66,7 @@ class Aligned(NamedTuple):
     def group_axes(self) -> dict[str, list[tuple[str, int]]]:
         """For every group (sorted), the (key path, axis) pairs it permutes."""
         found: dict[str, list[tuple[str, int]]] = {}
-        for path, axes in zip(self.paths, self.axes):
+        for path, axes in zip(self.paths, self.axes, strict=False):
             for axis, group in axes.permuted():
                 found.setdefault(group, []).append((path, axis))
         return dict(sorted(found.items()))
@@ -104,12 +104,11 @@ def align(spec: Any, params: Any) -> Aligned:
     leaves = [leaf for _, leaf in param_pairs]
     axes_list = [by_path[path] for path in paths]
     seen: dict[str, tuple[str, int, int]] = {}
-    for path, leaf, axes in zip(paths, leaves, axes_list):
+    for path, leaf, axes in zip(paths, leaves, axes_list, strict=False):
         shape = np.shape(leaf)
         if len(axes) != len(shape):
             raise ValueError(
-                f"spec at {path} has {len(axes)} axes {axes} but the array has "
-                f"ndim {len(shape)} (shape {shape})"
+                f"spec at {path} has {len(axes)} axes {axes} but the array has ndim {len(shape)} (shape {shape})"
             )
         for axis, group in axes.permuted():
             first = seen.setdefault(group, (path, axis, shape[axis]))
