@@ -20,4 +20,4 @@ timed iris 120 python3 -m dwf_jax.main --config=configs/iris_mlp.py --workdir="$
 timed mnist 220 python3 -m dwf_jax.main --config=configs/mnist_mlp.py --config.data.dir="$data" --workdir="$out/work/mnist" --noprogress
 for run in iris mnist; do cp "$out/work/$run/report.json" "$out/${run}_report.json"; done
 rm -rf "$out/work"  # stage files need not travel back
-timed pytest 280 python3 -m pytest -q -x -p no:cacheprovider --durations=15
+timed pytest 230 python3 -m pytest -q -x -p no:cacheprovider --durations=15
