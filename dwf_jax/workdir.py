@@ -35,12 +35,32 @@ FIGURE_FILE = "accuracy.png"
 TIMINGS_FILE = "timings.json"
 LOCK_FILE = ".lock"
 # The config keys a zoo depends on, for reusing a zoo under another config (a larger zoo, another flow).
+FORMAT_FILE = "workdir_format.json"
+# Version of the stage layout and random streams; workdirs of another version are refused.
+# 2: matrix files for every zoo-sized stage, stage keys disjoint from model keys.
+FORMAT = 2
+# What each stage is computed from: recomputing a stage makes everything computed from it stale.
+UPSTREAM = {
+    "canonical": ("zoo",),
+    "pca": ("canonical",),
+    "flow": ("canonical", "pca"),
+    "samples": ("flow",),
+    "eval_generated": ("samples",),
+    "bn_stats": ("samples",),
+    "eval_recalibrated": ("bn_stats",),
+}
+# The config keys the zoo and canonical zoo depend on, and keys that change how a stage runs, never its result.
 ZOO_KEYS = ("seed", "data", "model", "zoo")
-ZOO_KEYS_FREE_TO_DIFFER = ("zoo.num_models", "zoo.models_per_chunk", "zoo.on_disk", "zoo.checkpoint_every")
+CANONICAL_KEYS = (*ZOO_KEYS, "canonical")
+RESULT_FREE_KEYS = ("zoo.models_per_chunk", "zoo.checkpoint_every", "zoo.scan_steps", "zoo.on_disk")
 
 
 class WorkdirConfigMismatch(ValueError):
     """The workdir holds results of a different config."""
+
+
+class WorkdirFormatMismatch(ValueError):
+    """The workdir was made by a dwf_jax whose stages this version cannot use."""
 
 
 class WorkdirBusy(RuntimeError):
@@ -83,8 +103,26 @@ class Workdir:
     def load(self, name: str) -> PyTree:
         return checkpoints.restore_tree(self.stage(name))
 
+    def derived_from(self, name: str) -> list[str]:
+        """The finished stages (and flow checkpoints) computed from stage `name`, directly or not."""
+        derived, frontier = [], [name]
+        while frontier:
+            current = frontier.pop()
+            for stage, upstream in UPSTREAM.items():
+                if current in upstream and stage not in derived:
+                    derived.append(stage)
+                    frontier.append(stage)
+        found = [stage for stage in derived if self.done(stage)]
+        if "flow" in derived and self.flow_checkpoints.exists():
+            found.append(FLOW_CHECKPOINTS)
+        return found
+
     def run(self, name: str, compute: Callable[[], PyTree]) -> PyTree:
-        """The stage's saved result, computing and saving it first if it is not done."""
+        """The stage's saved result, computing and saving it first if it is not done.
+
+        A stage is not recomputed under results computed from its earlier version:
+        those must be deleted too, which the error says.
+        """
         path = self.stage(name)
         if path.exists():
             logging.info(
@@ -94,6 +132,12 @@ class Workdir:
                 self.timings.get(name, float("nan")),
             )
             return self.load(name)
+        stale = self.derived_from(name)
+        if stale:
+            raise CheckpointError(
+                f"stage {path} is missing while results computed from it remain in {self.path} "
+                f"({', '.join(stale)}); delete those too to recompute {name}, or delete the whole workdir"
+            )
         start = time.perf_counter()
         result = jax.block_until_ready(compute())
         checkpoints.save_tree(path, result)
@@ -116,15 +160,29 @@ class Workdir:
                 f"delete {self.stage(stage)} to recompute that stage"
             ) from error
 
-    def copy_stages_from(self, source: "Workdir", stages: Iterable[str]) -> None:
-        """Take finished stages (dir and matrix file) of another workdir; the stages this one has are kept."""
+    def copy_stages_from(self, source: "Workdir", stages: Iterable[str], config: ml_collections.ConfigDict) -> None:
+        """Take finished stages (dir and matrix file) of another workdir made with the same zoo settings.
+
+        Stages this workdir has are kept. Each is copied under a temporary name and
+        renamed, so an interrupted copy never looks like a finished stage.
+        """
+        check_config(source.path, config, only=CANONICAL_KEYS, ignore=RESULT_FREE_KEYS)
         self.path.mkdir(parents=True, exist_ok=True)
         for name in stages:
             if not source.done(name) or self.done(name):
                 continue
             if name in MATRIX_FILES:
-                shutil.copyfile(source.matrix_file(name), self.matrix_file(name))
-            shutil.copytree(source.stage(name), self.stage(name))
+                if not source.matrix_file(name).is_file():
+                    raise CheckpointError(
+                        f"{source.matrix_file(name)} is missing: {source.stage(name)} cannot be copied"
+                    )
+                partial = self.matrix_file(name).with_name(self.matrix_file(name).name + ".partial")
+                shutil.copyfile(source.matrix_file(name), partial)
+                os.replace(partial, self.matrix_file(name))
+            partial = self.stage(name).with_name(name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(source.stage(name), partial)
+            os.replace(partial, self.stage(name))
             self.timings.setdefault(name, source.timings.get(name, float("nan")))
             logging.info("stage %-9s taken from %s", name, source.path)
         checkpoints.save_json(self._timings_file, self.timings)
@@ -178,6 +236,7 @@ def config_as_dict(config: ml_collections.ConfigDict) -> dict:
 def record_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
     """Record the config that owns a new workdir."""
     if not (workdir / CONFIG_FILE).exists():
+        checkpoints.save_json(workdir / FORMAT_FILE, {"workdir_format": FORMAT})
         checkpoints.save_json(workdir / CONFIG_FILE, config_as_dict(config))
 
 
@@ -211,6 +270,12 @@ def check_config(
     path = workdir / CONFIG_FILE
     if not path.exists():
         return
+    written = checkpoints.load_json(workdir / FORMAT_FILE)["workdir_format"] if (workdir / FORMAT_FILE).exists() else 1
+    if written != FORMAT:
+        raise WorkdirFormatMismatch(
+            f"workdir {workdir} was made by another dwf_jax version (workdir format {written}, this version reads "
+            f"{FORMAT}: stage files and random streams differ). Use another --workdir, or delete it to start over."
+        )
     differences = config_differences(json.loads(path.read_text()), config, only, ignore)
     if differences:
         raise WorkdirConfigMismatch(

@@ -6,10 +6,11 @@ PCA and distances need). `MemoryZoo` wraps an array; `FileZoo` reads a raw
 row-major float32 file a piece at a time, so a zoo larger than memory (100
 ResNet-18s are 4.5 GB) never sits in RAM. Both are written from a stream of
 models (`write_rows`), atomically. The pytree side lives here too: a
-`Flattener` maps one model's variables to a row and back, `stack` / `unstack`
-/ `concatenate` move between models and stacked zoos.
+`Flattener` maps one model's variables to a row and back, `unstack` /
+`concatenate` move between models and stacked zoos.
 """
 
+import contextlib
 import itertools
 import os
 import pathlib
@@ -147,8 +148,16 @@ def open_file(path: str | os.PathLike, num_models: int, dim: int, in_memory: boo
 
 
 def as_store(matrix: np.ndarray | jax.Array) -> ZooStore:
-    """A store over an (N, D) array: a `FileZoo` for a raw-file memmap (its pages stay out of RSS), else in memory."""
-    if isinstance(matrix, np.memmap) and matrix.offset == 0 and matrix.dtype == np.float32:
+    """A store over an (N, D) array: a `FileZoo` for a memmap of a whole zoo file (its pages stay out of RSS)."""
+    whole_file = (
+        isinstance(matrix, np.memmap)
+        and matrix.offset == 0
+        and matrix.dtype == np.float32
+        and matrix.ndim == 2
+        and matrix.flags.c_contiguous
+        and matrix.nbytes == os.path.getsize(matrix.filename)
+    )
+    if whole_file:
         return FileZoo(pathlib.Path(matrix.filename), *matrix.shape)
     return MemoryZoo(matrix)
 
@@ -176,6 +185,15 @@ def write_rows(path: str | os.PathLike, rows: Iterable[np.ndarray]) -> FileZoo:
             num_rows += 1
     os.replace(partial_path, path)
     return FileZoo(path, num_rows, dim)
+
+
+@contextlib.contextmanager
+def filled_by_columns(path: str | os.PathLike, num_models: int, dim: int) -> Iterator[FileZoo]:
+    """A zero-filled zoo file to fill with `write_columns`, renamed to `path` only when the block ends cleanly."""
+    path = pathlib.Path(path)
+    partial_path = path.with_name(path.name + ".partial")
+    yield FileZoo.create(partial_path, num_models, dim)
+    os.replace(partial_path, path)
 
 
 def groups(store: ZooStore, size: int) -> Iterator[np.ndarray]:
@@ -245,9 +263,9 @@ class Flattener:
         for index in range(num_stacked(stacked)):
             yield self.flatten(unstack(stacked, index))
 
-    def models(self, store: ZooStore, indices: Iterable[int] | None = None) -> Iterator[PyTree]:
+    def models(self, store: ZooStore) -> Iterator[PyTree]:
         """Models of a store as variables, one in memory at a time."""
-        for index in range(store.num_models) if indices is None else indices:
+        for index in range(store.num_models):
             yield self.unflatten(store.read(index))
 
     def stacked_groups(self, store: ZooStore, size: int) -> Iterator[PyTree]:
@@ -283,32 +301,3 @@ def check_finite(stacked: PyTree, what: str, advice: str) -> None:
         raise NonFiniteWeights(
             f"{what}: {len(bad)} of {len(finite)} models have NaN/Inf weights (indices {bad[:10].tolist()}). {advice}"
         )
-
-
-def architecture_mismatch(expected: PyTree, actual: PyTree) -> str | None:
-    """How `actual` differs from `expected` in keys or array shapes (None when they match)."""
-    expected_leaves = {
-        jax.tree_util.keystr(path): np.shape(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(expected)
-    }
-    actual_leaves = {
-        jax.tree_util.keystr(path): np.shape(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(actual)
-    }
-    for path in sorted(expected_leaves.keys() | actual_leaves.keys()):
-        if path not in actual_leaves:
-            return f"{path} is missing"
-        if path not in expected_leaves:
-            return f"{path} is not part of the architecture"
-        if expected_leaves[path] != actual_leaves[path]:
-            return f"{path} has shape {actual_leaves[path]}, expected {expected_leaves[path]}"
-    return None
-
-
-def stack(models: Sequence[PyTree]) -> PyTree:
-    """One stacked zoo (leading model axis) from separately trained models of one architecture."""
-    if len(models) < 2:
-        raise ValueError(f"a zoo needs at least 2 models, got {len(models)}")
-    for index, candidate in enumerate(models[1:], start=1):
-        difference = architecture_mismatch(models[0], candidate)
-        if difference:
-            raise ValueError(f"model {index} has another architecture than model 0: {difference}")
-    return jax.tree.map(lambda *leaves: np.stack([np.asarray(leaf) for leaf in leaves]), *models)

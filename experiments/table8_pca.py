@@ -44,7 +44,7 @@ def run_space(name: str, space: str) -> dict:
     if method != "none":
         config.pca.update(method=method, components=int(components))
     workdir = pathlib.Path(FLAGS.workdirs) / f"table8_{name}_{method}{components}"
-    Workdir(workdir).copy_stages_from(Workdir(pathlib.Path(FLAGS.workdirs) / f"table4_{name}"), SHARED_STAGES)
+    Workdir(workdir).copy_stages_from(Workdir(pathlib.Path(FLAGS.workdirs) / f"table4_{name}"), SHARED_STAGES, config)
     start = time.perf_counter()
     result = pipeline.run(config, workdir, progress=True)
     result["wall_seconds_this_invocation"] = round(time.perf_counter() - start, 1)

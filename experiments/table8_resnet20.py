@@ -24,7 +24,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs import resnet20  # noqa: E402
 from dwf_jax import pipeline, stages  # noqa: E402
 from dwf_jax.data import load_dataset  # noqa: E402
-from dwf_jax.workdir import ZOO_KEYS, ZOO_KEYS_FREE_TO_DIFFER, Workdir, check_config, record_config  # noqa: E402
+from dwf_jax.workdir import RESULT_FREE_KEYS, ZOO_KEYS, Workdir, check_config, record_config  # noqa: E402
 from dwf_jax.zoo_store import Flattener  # noqa: E402
 from experiments import common, stage_readers  # noqa: E402
 
@@ -81,7 +81,7 @@ def reused_models(config: ml_collections.ConfigDict, flattener: Flattener) -> tu
     if FLAGS.reuse_zoo is None:
         return None
     source = Workdir(FLAGS.reuse_zoo)
-    check_config(source.path, config, only=ZOO_KEYS, ignore=ZOO_KEYS_FREE_TO_DIFFER)
+    check_config(source.path, config, only=ZOO_KEYS, ignore=(*RESULT_FREE_KEYS, "zoo.num_models"))
     accuracy = source.load("zoo")["test_accuracy"]
     if len(accuracy) > config.zoo.num_models:
         raise ValueError(
@@ -108,15 +108,15 @@ def grow_zoo(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
 def run_space(base: pathlib.Path, space: str, iterations: int) -> dict:
     """One pipeline run in its own workdir, starting from (and leaving behind) the shared stages in `base`."""
     workdir = base.with_name(f"{base.name}_{space.replace(':', '')}_{iterations}")
-    Workdir(workdir).copy_stages_from(Workdir(base), SHARED_STAGES)
-    start = time.perf_counter()
     config = space_config(space, iterations)
+    Workdir(workdir).copy_stages_from(Workdir(base), SHARED_STAGES, config)
+    start = time.perf_counter()
     result = pipeline.run(config, workdir, progress=True)
     result["wall_seconds_this_invocation"] = round(time.perf_counter() - start, 1)
     result["zoo_epochs"] = config.zoo.epochs
     if space != "none":
         result["reconstructed_zoo"] = stage_readers.reconstructed_zoo_accuracy(config, workdir)
-    Workdir(base).copy_stages_from(Workdir(workdir), SHARED_STAGES)
+    Workdir(base).copy_stages_from(Workdir(workdir), SHARED_STAGES, config)
     return result
 
 

@@ -16,7 +16,14 @@ from dwf_jax import checkpoints, permutations, pipeline
 from dwf_jax.checkpoints import CheckpointError, NotEnoughSpace
 from dwf_jax.data import CIFAR10_TAR, DatasetNotFoundError
 from dwf_jax.models import MLP, model_config
-from dwf_jax.workdir import WorkdirBusy, WorkdirConfigMismatch, WorkdirNotWritable, locked
+from dwf_jax.workdir import (
+    Workdir,
+    WorkdirBusy,
+    WorkdirConfigMismatch,
+    WorkdirFormatMismatch,
+    WorkdirNotWritable,
+    locked,
+)
 from dwf_jax.zoo_store import NonFiniteWeights
 
 ROOT = pathlib.Path(__file__).parents[1]
@@ -188,7 +195,8 @@ def test_workdir_that_cannot_be_written(tmp_path):
 
 
 def test_full_disk(workdir, monkeypatch):
-    shutil.rmtree(workdir / "samples")
+    for stage in ("samples", "eval_generated"):
+        shutil.rmtree(workdir / stage)
     monkeypatch.setattr(checkpoints.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(1 << 40, 1 << 40, 1024))
     refused(workdir, NotEnoughSpace, "not enough free space .* 0 MiB are free. Free some space and rerun")
 
@@ -228,3 +236,40 @@ def test_corrupt_jpeg_in_the_cifar_archive(workdir, tmp_path, monkeypatch):
     refused(
         workdir, ValueError, "cifar10_jpeg/train/cat/0001.jpg", lambda: pipeline.run(config, workdir, progress=False)
     )
+
+
+def test_workdir_of_an_older_format(workdir):
+    (workdir / "workdir_format.json").unlink()
+    refused(workdir, WorkdirFormatMismatch, "made by another dwf_jax version .workdir format 1, this version reads 2")
+
+
+def test_a_stage_is_not_recomputed_under_results_of_its_earlier_version(workdir):
+    shutil.rmtree(workdir / "canonical")
+    stale = "flow, samples, eval_generated, flow_checkpoints"
+    refused(workdir, CheckpointError, rf"canonical is missing while results computed from it remain in .* \({stale}\)")
+
+
+def test_copied_stages_need_the_same_zoo_settings_and_never_land_half(workdir, tmp_path, monkeypatch):
+    target = Workdir(tmp_path / "copy")
+    other = tiny_config()
+    other.zoo.epochs = 11
+    with pytest.raises(WorkdirConfigMismatch, match="zoo.epochs: 10 -> 11"):
+        target.copy_stages_from(Workdir(workdir), ("zoo", "canonical"), other)
+    assert not target.done("zoo")
+
+    copy_file, copied = shutil.copyfile, []
+
+    def interrupted(*args, **kwargs):  # the matrix file, then the second file of the stage dir fails
+        copied.append(args)
+        if len(copied) == 3:
+            raise OSError("disk gone")
+        return copy_file(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(shutil, "copyfile", interrupted)
+        with pytest.raises(OSError, match="disk gone"):
+            target.copy_stages_from(Workdir(workdir), ("zoo", "canonical"), tiny_config())
+    assert not target.done("zoo")
+    target.copy_stages_from(Workdir(workdir), ("zoo", "canonical"), tiny_config())
+    assert snapshot(target.path / "zoo") == snapshot(workdir / "zoo")
+    assert (target.path / "zoo.f32").read_bytes() == (workdir / "zoo.f32").read_bytes()

@@ -11,6 +11,7 @@ file, for zoos that never fit in memory (column blocks come from `dwf_jax.zoo_st
 
 import os
 import pathlib
+from collections.abc import Callable
 from functools import partial
 
 import jax
@@ -18,7 +19,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from dwf_jax.pca.dual import PCAState, randomized_top_eigenpairs, top_eigenpairs
-from dwf_jax.zoo_store import FileZoo, MemoryZoo, Reader, as_store, map_column_blocks, stacked_columns
+from dwf_jax.zoo_store import (
+    FileZoo,
+    MemoryZoo,
+    Reader,
+    as_store,
+    filled_by_columns,
+    map_column_blocks,
+    stacked_columns,
+)
 
 SOLVERS = ("eigh", "randomized")
 
@@ -80,14 +89,15 @@ def fit_transform_dual_streaming(
         eigenvalues, eigenvectors = randomized_top_eigenpairs(
             gram, num_components, jax.random.key(0) if key is None else key
         )
-    if components_path is None:
-        output = MemoryZoo(np.empty((num_components, dim), np.float32))
-    else:
-        output = FileZoo.create(components_path, num_components, dim)
     project = partial(_project, eigenvectors, eigenvalues, fp16=fp16)
-    for start, stop, part in map_column_blocks(project, read_columns, num_models, dim, micro_batch):
-        output.write_columns(start, np.asarray(part)[:, : stop - start])
-    components = output.as_array()
+    if components_path is None:
+        components = MemoryZoo(np.empty((num_components, dim), np.float32))
+        _write_blocks(components, project, read_columns, num_models, dim, micro_batch)
+    else:
+        with filled_by_columns(components_path, num_components, dim) as output:
+            _write_blocks(output, project, read_columns, num_models, dim, micro_batch)
+        components = FileZoo(pathlib.Path(components_path), num_components, dim)
+    components = components.as_array()
     state = PCAState(np.concatenate(means), components, np.asarray(eigenvalues / (num_models - 1)))
     return state, np.asarray(gram @ eigenvectors / jnp.sqrt(eigenvalues))
 
@@ -125,17 +135,21 @@ def inverse_transform_to_file(
     Only the (M, k) coefficients and a block are in memory. The file is written beside
     its final name and renamed when complete, so it exists only whole.
     """
-    path = pathlib.Path(path)
-    partial_path = path.with_name(path.name + ".partial")
     num_samples, (num_components, dim) = len(coefficients), state.components.shape
-    output = FileZoo.create(partial_path, num_samples, dim)
     reader = stacked_columns(as_store(state.components).columns, _mean_reader(state))
     step = partial(_block_weights, jnp.asarray(coefficients, jnp.float32))
-    for start, stop, part in map_column_blocks(step, reader, num_components + 1, dim, micro_batch):
-        output.write_columns(start, np.asarray(part)[:, : stop - start])
-    os.replace(partial_path, path)
-    return FileZoo(path, num_samples, dim)
+    with filled_by_columns(path, num_samples, dim) as output:
+        _write_blocks(output, step, reader, num_components + 1, dim, micro_batch)
+    return FileZoo(pathlib.Path(path), num_samples, dim)
 
 
 def _mean_reader(state: PCAState) -> Reader:
     return lambda start, stop: np.asarray(state.mean)[None, start:stop]
+
+
+def _write_blocks(
+    output: MemoryZoo | FileZoo, step: Callable, read_columns: Reader, rows: int, dim: int, block: int
+) -> None:
+    """Each column block of `read_columns` through `step`, written into the same columns of `output`."""
+    for start, stop, part in map_column_blocks(step, read_columns, rows, dim, block):
+        output.write_columns(start, np.asarray(part)[:, : stop - start])
