@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 import configs.fashion_mnist_mlp
@@ -26,27 +28,112 @@ def test_shipped_configs_are_valid(module):
     validate_config(module.get_config())
 
 
-@pytest.mark.parametrize(
-    "key, value, message",
-    [
-        ("zoo.num_models", 1, "at least 2 models"),
-        ("zoo.num_models", -5, "at least 2 models"),
-        ("zoo.epochs", 0, "zoo.epochs=0"),
-        ("flow.hidden", 33, "must be even"),
-        ("flow.iterations", 0, "flow.iterations=0"),
-        ("flow.batch_size", 0, "flow.batch_size=0"),
-        ("sample.steps", 0, "sample.steps=0"),
-        ("sample.method", "heun", "sample.method='heun'"),
-        ("canonical.reference", 100, "canonical.reference=100"),
-        ("data.name", "cifar100", "data.name='cifar100'"),
-    ],
-)
-def test_bad_values_get_one_clear_error(key, value, message):
+# One bad value per check in validate_config: (overrides, the words the error must contain).
+BAD_VALUES = [
+    ({"data.name": "cifar100"}, "data.name='cifar100'"),
+    ({"data.source": "web"}, "data.source='web'"),
+    ({"model.name": "vgg"}, "model.name='vgg'"),
+    ({"model.init_scheme": "orthogonal"}, "model.init_scheme='orthogonal'"),
+    ({"model.features": (16, 0)}, "model.features=(16, 0) needs positive widths"),
+    ({"model.features": ()}, "model.features=() needs positive widths"),
+    ({"models_per_vmap": -1}, "models_per_vmap=-1 must be >= 0"),
+    ({"zoo.num_models": 1}, "zoo.num_models=1: a zoo needs at least 2 models"),
+    ({"zoo.num_models": -5}, "zoo.num_models=-5: a zoo needs at least 2 models"),
+    ({"zoo.num_models": 2**31}, "fewer than 2**31"),
+    ({"zoo.epochs": 0}, "zoo.epochs=0 must be >= 1"),
+    ({"zoo.batch_size": 0}, "zoo.batch_size=0 must be >= 1"),
+    ({"zoo.checkpoint_every": 0}, "zoo.checkpoint_every=0 must be >= 1"),
+    ({"zoo.models_per_chunk": 0}, "zoo.models_per_chunk=0 must be >= 1"),
+    ({"zoo.optimizer": "rmsprop"}, "zoo.optimizer='rmsprop'"),
+    ({"zoo.schedule": "linear"}, "zoo.schedule='linear'"),
+    ({"zoo.learning_rate": 0.0}, "zoo.learning_rate=0.0 must be > 0"),
+    ({"canonical.method": "ot"}, "canonical.method='ot'"),
+    ({"canonical.reference": 100}, "canonical.reference=100 must index a zoo model (0..99)"),
+    ({"canonical.reference": -1}, "canonical.reference=-1 must index a zoo model"),
+    ({"canonical.max_iter": 0}, "canonical.max_iter=0 must be >= 1"),
+    ({"pca.method": "kernel"}, "pca.method='kernel'"),
+    (
+        {"pca.method": "dual", "pca.components": 0},
+        "pca.components=0 must be -1 (all) or in [1, zoo.num_models - 1 = 99]",
+    ),
+    ({"pca.method": "dual", "pca.components": 100}, "pca.components=100 must be -1"),
+    ({"zoo.on_disk": True}, "zoo.on_disk needs pca.method 'dual' or 'incremental'"),
+    ({"pca.batch_size": 0}, "pca.batch_size=0 must be >= 1"),
+    ({"pca.micro_batch": -1}, "pca.micro_batch=-1 must be >= 0"),
+    ({"pca.solver": "lanczos"}, "pca.solver='lanczos'"),
+    ({"flow.hidden": 33}, "flow.hidden=33 must be even and >= 2"),
+    ({"flow.hidden": 0}, "flow.hidden=0 must be even and >= 2"),
+    ({"flow.time_embed_dim": 0}, "flow.time_embed_dim=0 must be >= 1"),
+    ({"flow.dropout": 1.0}, "flow.dropout=1.0 must be in [0, 1)"),
+    ({"flow.dropout": -0.1}, "flow.dropout=-0.1 must be in [0, 1)"),
+    ({"flow.iterations": 0}, "flow.iterations=0 must be >= 1"),
+    ({"flow.batch_size": 0}, "flow.batch_size=0 must be >= 1"),
+    ({"flow.steps_per_dispatch": 0}, "flow.steps_per_dispatch=0 must be >= 1"),
+    ({"flow.checkpoint_every": 0}, "flow.checkpoint_every=0 must be >= 1"),
+    ({"flow.source_std": 0.0}, "flow.source_std must be > 0"),
+    ({"flow.sigma": -1e-3}, "flow.sigma >= 0"),
+    ({"flow.time_distribution": "cauchy"}, "flow.time_distribution='cauchy'"),
+    ({"sample.num_samples": 0}, "sample.num_samples=0 must be >= 1"),
+    ({"sample.steps": 0}, "sample.steps=0 must be >= 1"),
+    ({"sample.method": "heun"}, "sample.method='heun'"),
+    ({"bn.data": "val"}, "bn.data='val'"),
+    ({"bn.num_batches": 0}, "bn.num_batches and bn.batch_size must be >= 1"),
+    ({"bn.batch_size": 0}, "bn.num_batches and bn.batch_size must be >= 1"),
+]
+
+
+def _override(config, key, value):
+    *sections, field = key.split(".")
+    for section in sections:
+        config = config[section]
+    config[field] = value
+
+
+@pytest.mark.parametrize("overrides, message", BAD_VALUES, ids=[" ".join(o) for o, _ in BAD_VALUES])
+def test_every_bad_value_gets_one_clear_error(overrides, message):
     config = configs.iris_mlp.get_config()
-    section, field = key.split(".")
-    config[section][field] = value
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
+    for key, value in overrides.items():
+        _override(config, key, value)
+    with pytest.raises(ValueError, match=re.escape(message)):
         validate_config(config)
+
+
+@pytest.mark.parametrize("overrides, _", BAD_VALUES, ids=[" ".join(o) for o, _ in BAD_VALUES])
+def test_each_bad_value_is_next_to_a_good_one(overrides, _):
+    """The boundary next to each bad value passes, so the checks are not stricter than they say."""
+    good = {
+        "models_per_vmap": 0,
+        "zoo.num_models": 2,
+        "zoo.epochs": 1,
+        "zoo.batch_size": 1,
+        "zoo.checkpoint_every": 1,
+        "zoo.models_per_chunk": 1,
+        "zoo.learning_rate": 1e-9,
+        "canonical.reference": 0,
+        "canonical.max_iter": 1,
+        "pca.components": 1,
+        "pca.batch_size": 1,
+        "pca.micro_batch": 0,
+        "flow.hidden": 2,
+        "flow.time_embed_dim": 1,
+        "flow.dropout": 0.0,
+        "flow.iterations": 1,
+        "flow.batch_size": 1,
+        "flow.steps_per_dispatch": 1,
+        "flow.checkpoint_every": 1,
+        "flow.source_std": 1e-9,
+        "flow.sigma": 0.0,
+        "sample.num_samples": 1,
+        "sample.steps": 1,
+        "bn.num_batches": 1,
+        "bn.batch_size": 1,
+        "model.features": (1,),
+    }
+    config = configs.iris_mlp.get_config()
+    for key in overrides:
+        if key in good:
+            _override(config, key, good[key])
+    validate_config(config)
 
 
 def test_model_config_holds_only_the_fields_of_its_architecture():

@@ -3,10 +3,16 @@
 import json
 import pathlib
 
+import jax
+import numpy as np
 import pytest
+from jax.flatten_util import ravel_pytree
 
 import configs.iris_mlp as iris_config
-from dwf_jax import pipeline
+from dwf_jax import pipeline, report
+from dwf_jax.checkpoints import restore_tree
+from dwf_jax.data import load_dataset
+from dwf_jax.models import MLP
 from dwf_jax.workdir import WorkdirConfigMismatch
 
 
@@ -68,3 +74,59 @@ def test_workdir_of_another_config_is_refused(finished_run):
     with pytest.raises(WorkdirConfigMismatch, match=r"flow\.hidden: 32 -> 64"):
         pipeline.run(config, workdir, progress=False)
     assert sorted((p.name, p.stat().st_mtime_ns) for p in pathlib.Path(workdir).iterdir()) == before
+
+
+def _independent_accuracy(workdir, matrix_file, num_models):
+    """Test-split accuracy of every model of a matrix file, computed here without the pipeline's helpers."""
+    data = load_dataset("iris")
+    rows = np.fromfile(workdir / matrix_file, np.float32).reshape(num_models, -1)
+    model = MLP((16, 3))
+    unravel = ravel_pytree(model.init(jax.random.key(0), data.x_test[:1]))[1]
+    logits = np.stack([np.asarray(model.apply(unravel(row), data.x_test)) for row in rows])
+    return 100.0 * np.mean(np.argmax(logits, -1) == data.y_test[None], axis=1)
+
+
+def test_report_fields_equal_the_stage_contents_they_summarize(finished_run):
+    workdir, result = finished_run
+    original = _independent_accuracy(workdir, "zoo.f32", 6)
+    canonical = _independent_accuracy(workdir, "canonical.f32", 6)
+    generated = _independent_accuracy(workdir, "generated.f32", 5)
+    np.testing.assert_allclose(result["original"]["per_model"], original, atol=1e-4)
+    np.testing.assert_allclose(result["generated"]["per_model"], generated, atol=1e-4)
+    np.testing.assert_allclose(restore_tree(workdir / "eval_generated")["accuracy"], generated, atol=1e-4)
+    assert result["original"]["accuracy"]["mean"] == pytest.approx(np.mean(original), abs=1e-4)
+    assert result["generated"]["accuracy"]["std"] == pytest.approx(np.std(generated), abs=1e-4)
+    assert result["canonicalization"]["max_accuracy_change"] == pytest.approx(
+        np.max(np.abs(canonical - original)), abs=1e-4
+    )
+    zoo, canon, gen = (
+        np.fromfile(workdir / name, np.float32).reshape(-1, 131)
+        for name in ("zoo.f32", "canonical.f32", "generated.f32")
+    )
+    before = np.linalg.norm(zoo - zoo[0], axis=1)
+    assert result["canonicalization"]["distance_to_reference_before"]["mean"] == pytest.approx(
+        before.mean(),
+        rel=1e-5,  # every model, the reference itself at 0
+    )
+    to_originals = np.linalg.norm(gen[:, None] - canon[None], axis=-1)
+    among = np.linalg.norm(canon[:, None] - canon[None], axis=-1) + np.diag(np.full(6, np.inf))
+    novelty = result["generated"]["novelty"]
+    assert novelty["generated_to_nearest_original"]["mean"] == pytest.approx(to_originals.min(1).mean(), rel=1e-5)
+    assert novelty["original_to_nearest_other_original"]["min"] == pytest.approx(among.min(1).min(), rel=1e-5)
+    assert result["generated"]["nfe"] == 4 * result["generated"]["ode_steps"] == 40
+
+
+def test_printed_summary_puts_each_number_on_its_row(finished_run):
+    _, result = finished_run
+    lines = report.format_summary(result).splitlines()
+    original, generated = result["original"]["accuracy"], result["generated"]["accuracy"]
+    assert (
+        lines[1].startswith("  original  (   6 models)")
+        and f"{original['mean']:.2f} ± {original['std']:.2f} %" in lines[1]
+    )
+    assert (
+        lines[2].startswith("  generated (   5 models)")
+        and f"{generated['mean']:.2f} ± {generated['std']:.2f} %" in lines[2]
+    )
+    assert "rk4 x 10 steps = 40 flow evaluations" in lines[3]
+    assert f"{result['generated']['novelty']['generated_to_nearest_original']['mean']:.3f}" in lines[4]
