@@ -129,11 +129,17 @@ def _stats(stats: dict) -> str:
     return f"{stats['mean']:.2f} ± {stats['std']:.2f} %  [min {stats['min']:.2f}, max {stats['max']:.2f}]"
 
 
+def histogram_bins(*series: list[float], count: int = 30) -> np.ndarray:
+    """Increasing bin edges that hold every value of every series (all-equal values get one narrow bin)."""
+    low, high = min(map(min, series)), max(map(max, series))
+    return np.linspace(low, max(high, low + 1e-6), count)
+
+
 def plot_accuracy(result: dict, path: pathlib.Path) -> None:
     figure = Figure(figsize=(6, 3.5))
     axis = figure.subplots()
     values = [result["original"]["per_model"], result["generated"]["per_model"]]
-    bins = np.linspace(min(map(min, values)), max(map(max, values)) + 1e-6, 30)
+    bins = histogram_bins(*values)
     axis.hist(values[0], bins=bins, alpha=0.6, label="original")
     axis.hist(values[1], bins=bins, alpha=0.6, label="generated")
     axis.set_xlabel("test accuracy (%)")

@@ -9,7 +9,7 @@ import configs.resnet18
 import configs.resnet20
 import configs.smallcnn
 from dwf_jax import report
-from dwf_jax.config import validate_config
+from dwf_jax.config import base_config, pca_components, validate_config
 from dwf_jax.models import model_config
 
 
@@ -149,3 +149,18 @@ def test_model_config_holds_only_the_fields_of_its_architecture():
     mlp = {"name": "mlp", "features": [8, 3], "init_scheme": "kaiming"}
     assert report.model_fields(model_config("mlp", features=(8, 3))) == mlp
     assert report.model_fields(model_config("resnet18")) == {"name": "resnet18"}
+
+
+def test_base_config_is_valid_and_holds_the_papers_flow_settings():
+    """Table 14: the defaults every config starts from."""
+    config = base_config()
+    validate_config(config)
+    flow = config.flow
+    assert (flow.learning_rate, flow.weight_decay, flow.iterations, flow.batch_size) == (5e-4, 1e-5, 30_000, 8)
+    assert (flow.sigma, flow.dropout, flow.time_distribution) == (1e-3, 0.1, "uniform")
+    assert (config.sample.steps, config.sample.method, config.sample.num_samples) == (100, "rk4", 100)
+    config.pca.method = "dual"
+    validate_config(config)
+    assert pca_components(config) == config.zoo.num_models - 1
+    config.pca.components = 7
+    assert pca_components(config) == 7

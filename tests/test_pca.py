@@ -159,3 +159,12 @@ def test_transforms_state_their_shape_contract():
         pca.inverse_transform(state, jnp.zeros((3, 4)))
     with pytest.raises(AssertionError, match="rank"):
         pca.fit_dual(jnp.zeros(300), 5)
+
+
+def test_randomized_solver_defaults_to_key_zero():
+    data = _low_rank().astype(np.float32)
+    default = _streaming(data, 5, solver="randomized")
+    explicit = _streaming(data, 5, solver="randomized", key=jax.random.key(0))
+    other = _streaming(data, 5, solver="randomized", key=jax.random.key(1))
+    np.testing.assert_array_equal(default.components, explicit.components)
+    assert not np.array_equal(default.components, other.components)

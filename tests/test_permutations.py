@@ -298,3 +298,13 @@ def test_property_roundtrip_function_and_matching_never_worse(widths, seed):
     matched = perm.apply_permutation(spec, result.perms, other)
     assert sq_dist(variables, matched) <= sq_dist(variables, other) + 1e-9
     assert max_abs_diff(apply_fn(matched, x), apply_fn(other, x)) < 1e-5
+
+
+def test_max_iter_bounds_the_sweeps():
+    """Two unrelated MLPs need several sweeps; max_iter=1 stops after exactly one."""
+    spec = perm.builders.mlp_permutation_spec(3)
+    model = MLP((32, 32, 3))
+    a, b = (model.init(jax.random.key(seed), jnp.zeros((1, 4))) for seed in (0, 1))
+    assert not perm.weight_matching(jax.random.key(2), spec, a, b, max_iter=1).converged
+    assert perm.weight_matching(jax.random.key(2), spec, a, b, max_iter=1).sweeps == 1
+    assert perm.weight_matching(jax.random.key(2), spec, a, b, max_iter=2).sweeps == 2

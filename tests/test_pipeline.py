@@ -130,3 +130,11 @@ def test_printed_summary_puts_each_number_on_its_row(finished_run):
     )
     assert "rk4 x 10 steps = 40 flow evaluations" in lines[3]
     assert f"{result['generated']['novelty']['generated_to_nearest_original']['mean']:.3f}" in lines[4]
+
+
+@pytest.mark.parametrize("series", [([80.0, 93.3, 96.7], [90.0, 100.0]), ([90.0, 90.0], [90.0])])
+def test_the_figure_bins_hold_every_model(series):
+    bins = report.histogram_bins(*series)
+    assert np.all(np.diff(bins) > 0)
+    for values in series:
+        assert np.histogram(values, bins=bins)[0].sum() == len(values)

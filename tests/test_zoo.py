@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from dwf_jax import zoo
+from dwf_jax import checkpoints, zoo
 from dwf_jax.augment import input_pipeline
 from dwf_jax.data import load_dataset
 from dwf_jax.evaluate import ensemble_accuracy
@@ -75,3 +75,38 @@ def test_dispatch_strategies_give_the_same_zoo(models_per_vmap, scan_steps):
     )
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=0), reference, other)
     np.testing.assert_allclose(reference_losses, losses, rtol=1e-5)
+
+
+def test_sgd_is_momentum_sgd_with_decoupled_weight_decay_added_to_the_gradient():
+    tx = zoo.make_optimizer("sgd", 0.1, 0.01)
+    params = {"w": np.array([1.0, -2.0], np.float32)}
+    grads = {"w": np.array([0.5, 0.5], np.float32)}
+    state = tx.init(params)
+    velocity = np.zeros(2)
+    for _ in range(3):
+        updates, state = tx.update(grads, state, params)
+        velocity = 0.9 * velocity + (grads["w"] + 0.01 * params["w"])  # torch.optim.SGD(momentum=0.9, weight_decay)
+        np.testing.assert_allclose(updates["w"], -0.1 * velocity, rtol=1e-6)
+        params = {"w": params["w"] + updates["w"]}
+    with pytest.raises(ValueError, match="unknown zoo optimizer 'lion'"):
+        zoo.make_optimizer("lion", 0.1, 0.0)
+
+
+def test_checkpoints_every_k_epochs_and_at_the_end(tmp_path):
+    data = load_dataset("iris")
+    manager = checkpoints.manager(tmp_path / "chunk", keep=10)
+    zoo.train_models(
+        MLP((4, 3)),
+        zoo.make_optimizer("adam", 1e-2, 0.0),
+        data.x_train,
+        data.y_train,
+        seed=0,
+        model_indices=np.arange(2),
+        epochs=7,
+        batch_size=64,
+        inputs=input_pipeline("iris"),
+        manager=manager,
+        checkpoint_every=3,
+        progress=False,
+    )
+    assert sorted(manager.all_steps()) == [3, 6, 7]
