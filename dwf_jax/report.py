@@ -135,7 +135,8 @@ def histogram_bins(*series: list[float], count: int = 30) -> np.ndarray:
     return np.linspace(low, max(high, low + 1e-6), count)
 
 
-def plot_accuracy(result: dict, path: pathlib.Path) -> None:
+def accuracy_figure(result: dict) -> Figure:
+    """Histograms of the original and generated models' test accuracy on shared bins."""
     figure = Figure(figsize=(6, 3.5))
     axis = figure.subplots()
     values = [result["original"]["per_model"], result["generated"]["per_model"]]
@@ -147,9 +148,9 @@ def plot_accuracy(result: dict, path: pathlib.Path) -> None:
     axis.set_title(f"{result['dataset']['name']} {result['model']['name']}: original vs generated")
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    return figure
 
 
 def write(result: dict, report_path: pathlib.Path, figure_path: pathlib.Path) -> None:
     checkpoints.save_json(report_path, result)
-    plot_accuracy(result, figure_path)
+    accuracy_figure(result).savefig(figure_path, dpi=120)

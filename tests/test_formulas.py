@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 
 from dwf_jax import flow, zoo
+from dwf_jax.data import load_dataset
+from dwf_jax.evaluate import ensemble_accuracy
 from dwf_jax.flow.train import minibatch_indices
 from dwf_jax.flow_stage import sample_stage
+from dwf_jax.models import MLP
 
 
 def _numpy_loss(velocity, key, x1, source_std, sigma, beta=None):
@@ -122,3 +125,13 @@ def test_flow_minibatches_walk_a_new_permutation_every_epoch():
     for order in epochs:
         assert sorted(order.tolist()) == list(range(num_examples))
     assert len({tuple(order.tolist()) for order in epochs}) == 3
+
+
+def test_accuracy_does_not_depend_on_the_test_batch_size():
+    data = load_dataset("iris")
+    model = MLP((16, 3))
+    variables = jax.vmap(lambda key: model.init(key, data.x_test[:1]))(jax.random.split(jax.random.key(0), 3))
+    logits = jax.vmap(lambda v: model.apply(v, data.x_test))(variables)
+    expected = 100.0 * np.mean(np.argmax(np.asarray(logits), -1) == data.y_test[None], axis=1)
+    for batch_size in (7, 8, 30):  # 30 test images: several batches, a short last one, one batch
+        np.testing.assert_allclose(ensemble_accuracy(model, variables, data.x_test, data.y_test, batch_size), expected)

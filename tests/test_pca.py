@@ -1,3 +1,5 @@
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -168,3 +170,18 @@ def test_randomized_solver_defaults_to_key_zero():
     other = _streaming(data, 5, solver="randomized", key=jax.random.key(1))
     np.testing.assert_array_equal(default.components, explicit.components)
     assert not np.array_equal(default.components, other.components)
+
+
+def test_incremental_pca_is_scale_invariant():
+    """Tiny weights (eigenvalues far below 1) keep their directions and variances."""
+    data = 1e-3 * (_low_rank() + 1e-3 * np.random.default_rng(4).normal(size=(40, 300)))
+    state = pca.fit_incremental(data, 5, batch_size=15)
+    _, singular, vt = np.linalg.svd(data - data.mean(0), full_matrices=False)
+    assert np.min(_cosines(state.components, vt[:5])) > 1 - 1e-4
+    np.testing.assert_allclose(state.explained_variance, singular[:5] ** 2 / (len(data) - 1), rtol=1e-3)
+
+
+def test_too_many_components_name_the_limit():
+    data = _low_rank(num_rows=12).astype(np.float32)
+    with pytest.raises(ValueError, match=re.escape("num_components=12 must be in [1, num_models - 1 = 11]")):
+        _streaming(data, 12)

@@ -138,3 +138,20 @@ def test_the_figure_bins_hold_every_model(series):
     assert np.all(np.diff(bins) > 0)
     for values in series:
         assert np.histogram(values, bins=bins)[0].sum() == len(values)
+
+
+def test_the_figure_draws_each_ensemble_under_its_own_label(finished_run):
+    _, result = finished_run
+    axis = report.accuracy_figure(result).axes[0]
+    originals, generated = axis.containers
+    assert axis.get_legend_handles_labels()[1] == ["original", "generated"]  # in the order of the containers
+    bins = report.histogram_bins(result["original"]["per_model"], result["generated"]["per_model"])
+    for bars, values in ((originals, result["original"]["per_model"]), (generated, result["generated"]["per_model"])):
+        np.testing.assert_array_equal([bar.get_height() for bar in bars], np.histogram(values, bins=bins)[0])
+
+
+def test_final_loss_is_the_mean_of_the_last_100_flow_steps(finished_run):
+    workdir, result = finished_run
+    losses = restore_tree(workdir / "flow")["losses"]
+    assert len(losses) == 300
+    assert result["flow"]["final_loss_mean_last_100"] == float(np.mean(losses[-100:]))
