@@ -13,7 +13,6 @@ from absl import logging
 from tqdm.auto import tqdm
 
 from dwf_jax import checkpoints, flow, keys
-from dwf_jax.zoo_store import check_finite
 
 PyTree = Any
 
@@ -81,10 +80,8 @@ def train_flow_stage(
     return {"params": state.params, "losses": losses, "num_params": np.asarray(num_params)}
 
 
-def sample_stage(
-    config: ml_collections.ConfigDict, flow_params: PyTree, dim: int, progress: bool, advice: str
-) -> np.ndarray:
-    """The whole generated ensemble (in the flow's space) from one integration; NaN/Inf is an error with `advice`."""
+def sample_stage(config: ml_collections.ConfigDict, flow_params: PyTree, dim: int, progress: bool) -> np.ndarray:
+    """The whole generated ensemble (in the flow's space) from one integration of the flow."""
     s = config.sample
     model = build_flow(config, dim)
 
@@ -108,7 +105,6 @@ def sample_stage(
     )
     samples = np.asarray(sample(key))
     bar.close()
-    check_finite(samples, "generated weights", advice)
     logging.info(
         "sampling: %d models, %d flow evaluations, %.2f s (incl. compile)",
         s.num_samples,

@@ -13,7 +13,7 @@ from ml_collections import config_flags
 
 from dwf_jax import pipeline, report
 from dwf_jax.checkpoints import CheckpointError, NotEnoughSpace
-from dwf_jax.workdir import Workdir, WorkdirBusy
+from dwf_jax.workdir import REPORT_FILE, WorkdirBusy
 from dwf_jax.zoo_store import NonFiniteWeights
 
 FLAGS = flags.FLAGS
@@ -67,7 +67,7 @@ def main(argv: list[str]) -> None:
             raise
         sys.exit(f"dwf_jax: error: {error}")
     print(report.format_summary(result))
-    print(f"report: {Workdir(workdir).report}")
+    print(f"report: {workdir / REPORT_FILE}")
 
 
 if __name__ == "__main__":

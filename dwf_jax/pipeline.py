@@ -23,7 +23,7 @@ from dwf_jax.evaluate import zoo_distances
 from dwf_jax.flow_stage import sample_stage, train_flow_stage
 from dwf_jax.pca import inverse_transform_to_file
 from dwf_jax.workdir import Workdir, check_config, locked, record_config
-from dwf_jax.zoo_store import Flattener, ZooStore, write_rows
+from dwf_jax.zoo_store import Flattener, ZooStore, check_finite, write_rows
 
 
 class WeightSpace(NamedTuple):
@@ -68,8 +68,9 @@ def generate(
     config: ml_collections.ConfigDict, flow_params: dict, space: WeightSpace, work: Workdir, progress: bool
 ) -> dict:
     """Sample the ensemble in the flow's space and write its full weights; a diverged flow is an error."""
+    samples = sample_stage(config, flow_params, space.data.shape[1], progress)
     advice = f"The flow diverged: delete {work.stage('flow')} and retrain with a lower flow.learning_rate."
-    samples = sample_stage(config, flow_params, space.data.shape[1], progress, advice)
+    check_finite(samples, "generated weights", advice)
     space.write_weights(samples, work.matrix_file("samples"))
     return {"samples": samples}
 

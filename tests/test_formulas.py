@@ -92,7 +92,7 @@ def test_the_sampler_stage_starts_from_flow_source_std():
     )
     model = flow.VelocityField(dim=300, hidden=8, time_embed_dim=4, dropout=0.0)
     params = flow.create_flow_state(model, flow.make_optimizer(1e-3, 0.0, 10), jax.random.key(1)).params
-    samples = sample_stage(config, params, 300, progress=False, advice="")
+    samples = sample_stage(config, params, 300, progress=False)
     np.testing.assert_allclose(np.std(samples), 0.03, rtol=0.01)
 
 
