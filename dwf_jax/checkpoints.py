@@ -1,22 +1,41 @@
-"""Orbax persistence of pipeline stages: atomic writes, clear errors on bad files."""
+"""Persistence of stages and training checkpoints: atomic, checksummed, and clear about damaged files.
 
+Every tree is written by orbax into `<path>.partial`, a manifest with the
+sha256 of each of its files (and of files written beside it, like a stage's
+matrix) is added, and the folder is renamed into place: a folder that exists
+is complete, and any byte changed since is detected by `verify`.
+"""
+
+import contextlib
+import hashlib
 import json
+import os
 import pathlib
 import shutil
+import signal
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 PyTree = Any
-
-
+MANIFEST_FILE = "dwf_manifest.json"
+PARTIAL_SUFFIX = ".partial"
 _SPACE_MARGIN_BYTES = 16 << 20
+_DIGEST_BLOCK_BYTES = 16 << 20
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that exists but cannot be read back."""
+
+
+class CheckpointSettingsMismatch(CheckpointError):
+    """A training checkpoint was saved by a run with other settings."""
 
 
 class NotEnoughSpace(OSError):
@@ -35,35 +54,179 @@ def check_free_space(directory: pathlib.Path, tree: PyTree) -> None:
         )
 
 
-def save_tree(path: pathlib.Path, tree: PyTree) -> None:
-    """Write `tree` to `path`; orbax writes a temporary folder and renames it, so a crash leaves no half stage."""
+def file_digest(path: pathlib.Path) -> str:
+    """sha256 of a file, read in blocks so zoo-sized matrices never sit in memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(_DIGEST_BLOCK_BYTES):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _digests(folder: pathlib.Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(folder)): file_digest(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != MANIFEST_FILE
+    }
+
+
+@contextlib.contextmanager
+def _ctrl_c_after() -> Iterator[None]:
+    """Hold a Ctrl-C until the block ends: orbax's background writes fail noisily when interrupted mid-save."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda *args: received.append(args))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            if callable(previous):
+                previous(*received[0])
+            else:
+                signal.raise_signal(signal.SIGINT)
+
+
+def save_tree(
+    path: pathlib.Path, tree: PyTree, beside: Mapping[str, pathlib.Path] | None = None, **record: Any
+) -> None:
+    """Write `tree` to the folder `path` with a manifest of checksums (also of the files `beside`) and `record`.
+
+    A crash at any moment leaves no folder at `path`, only a `.partial` one that the next save replaces.
+    """
     check_free_space(path.parent, tree)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(path.absolute(), tree)
-    checkpointer.wait_until_finished()
+    partial = path.with_name(path.name + PARTIAL_SUFFIX)
+    shutil.rmtree(partial, ignore_errors=True)
+    with _ctrl_c_after():
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(partial.absolute(), tree)
+        checkpointer.wait_until_finished()
+    manifest = {
+        "files": _digests(partial),
+        "beside": {name: file_digest(file) for name, file in (beside or {}).items()},
+        **record,
+    }
+    save_json(partial / MANIFEST_FILE, manifest)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(partial, path)
+
+
+def read_manifest(path: pathlib.Path) -> dict:
+    """The manifest `save_tree` wrote into `path`, or a CheckpointError naming the folder."""
+    try:
+        return load_json(path / MANIFEST_FILE)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(
+            f"{path} has no readable {MANIFEST_FILE} ({type(error).__name__}): "
+            "it was not written completely by this dwf_jax"
+        ) from error
+
+
+def verify(path: pathlib.Path, beside: Mapping[str, pathlib.Path] | None = None) -> dict:
+    """Check every file of `path` and the files `beside` against the manifest; return the manifest.
+
+    Raises CheckpointError naming the first file that is missing or changed.
+    """
+    manifest = read_manifest(path)
+    expected = [(path / name, digest) for name, digest in manifest["files"].items()]
+    beside = beside or {}
+    for name, digest in manifest["beside"].items():
+        if name not in beside:
+            raise CheckpointError(f"{path}: its manifest names {name}, which this reader does not know")
+        expected.append((beside[name], digest))
+    for file, digest in expected:
+        if not file.is_file():
+            raise CheckpointError(f"{file} is missing")
+        if file_digest(file) != digest:
+            raise CheckpointError(f"{file} does not match the checksum recorded when it was written (damaged)")
+    return manifest
 
 
 def restore_tree(path: pathlib.Path, target: PyTree | None = None) -> PyTree:
-    """Read a tree saved by `save_tree` (numpy leaves), naming the path when it is unreadable."""
+    """Read a tree saved by `save_tree` (numpy leaves, or the types of `target`), naming the path if unreadable."""
     try:
         return ocp.StandardCheckpointer().restore(path.absolute(), target)
     except Exception as error:  # orbax raises many types for damaged files; report them as one.
         raise CheckpointError(
-            f"checkpoint {path} is corrupt, truncated or of another architecture ({type(error).__name__}: {error}). "
-            f"Delete {path} to recompute that stage."
+            f"{path} is corrupt, truncated or of another architecture ({type(error).__name__}: {error})"
         ) from error
 
 
-def manager(path: pathlib.Path, keep: int = 2) -> ocp.CheckpointManager:
-    """Periodic training checkpoints under `path`, the last `keep` kept; each save is atomic."""
-    return ocp.CheckpointManager(path.absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=keep))
+class TrainingCheckpoints:
+    """Periodic training states in `<directory>/<step>/`, the newest `keep` kept, each with its run's settings.
+
+    A damaged newest state is skipped for the one before it, so a file broken by
+    a crash or a bad disk costs a few steps, not the whole run. A state saved
+    under other settings is never resumed.
+    """
+
+    def __init__(self, directory: pathlib.Path, settings: Mapping[str, Any], keep: int = 2):
+        self.directory, self.settings, self.keep = directory, dict(settings), keep
+
+    def steps(self) -> list[int]:
+        found = self.directory.glob("*") if self.directory.is_dir() else ()
+        return sorted(int(path.name) for path in found if path.name.isdigit())
+
+    def save(self, step: int, state: PyTree) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        save_tree(self.directory / str(step), state, settings=self.settings)
+        for old in self.steps()[: -self.keep]:
+            shutil.rmtree(self.directory / str(old))
+
+    def restore_latest(self, target: PyTree) -> tuple[int, PyTree] | None:
+        """(step, state) of the newest state that verifies and restores; None if there is none yet."""
+        steps = self.steps()
+        for step in reversed(steps):
+            try:
+                recorded = verify(self.directory / str(step)).get("settings", {})
+                self._check_settings(recorded)
+                state = restore_tree(self.directory / str(step), target)
+            except CheckpointSettingsMismatch:
+                raise
+            except CheckpointError as error:
+                logging.warning("training checkpoint skipped, trying the one before: %s", error)
+                continue
+            logging.info("resuming from training checkpoint %s", self.directory / str(step))
+            return step, state
+        if steps:
+            raise CheckpointError(
+                f"no training checkpoint in {self.directory} can be restored (steps {steps} are damaged); "
+                f"delete {self.directory} to train from the start"
+            )
+        return None
+
+    def _check_settings(self, recorded: Mapping[str, Any]) -> None:
+        changed = sorted(
+            key for key in recorded.keys() | self.settings.keys() if recorded.get(key) != self.settings.get(key)
+        )
+        if changed:
+            raise CheckpointSettingsMismatch(
+                f"training checkpoints in {self.directory} were made with other settings ("
+                + ", ".join(f"{key}: {recorded.get(key)!r} -> {self.settings.get(key)!r}" for key in changed[:5])
+                + f"); delete {self.directory} to train from the start with these settings"
+            )
+
+
+@contextlib.contextmanager
+def atomic_path(path: pathlib.Path) -> Iterator[pathlib.Path]:
+    """A temporary name beside `path` to write to; renamed onto `path` only when the write completes."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    temporary = pathlib.Path(temporary)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def save_json(path: pathlib.Path, payload: dict) -> None:
-    """Write JSON atomically (write then rename) so readers never see half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    """Write JSON atomically so readers never see half a file."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def load_json(path: pathlib.Path) -> dict:

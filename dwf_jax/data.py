@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import math
 import os
 import zlib
@@ -18,7 +19,8 @@ import zlib
 import numpy as np
 
 DATA_DIR_ENV = "DWF_DATA_DIR"
-DATASETS = ("iris", "mnist", "fashion_mnist", "cifar10")
+NUM_CLASSES = {"iris": 3, "mnist": 10, "fashion_mnist": 10, "cifar10": 10}
+DATASETS = tuple(NUM_CLASSES)
 SOURCES = ("auto", "offline", "tfds")
 # Kept uint8 (4x smaller on host and in transfer); augment.input_pipeline normalises them on device.
 UINT8_DATASETS = ("cifar10",)
@@ -57,6 +59,24 @@ class Dataset:
     y_test: np.ndarray
     num_classes: int
     source: str  # where the data came from, so results can state provenance
+
+    def fingerprint(self) -> str:
+        """sha256 of the arrays: the identity of the data, wherever it was read from."""
+        digest = hashlib.sha256(self.name.encode())
+        for array in (self.x_train, self.y_train, self.x_test, self.y_test):
+            digest.update(f"{array.dtype.str}{array.shape}".encode())
+            digest.update(np.ascontiguousarray(array).data)
+        return digest.hexdigest()
+
+
+def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
+    """Labels must index the model's outputs; one outside [0, num_classes) would train silently to nonsense."""
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(bad):
+        raise ValueError(
+            f"{where}: {len(bad)} labels outside 0..{num_classes - 1} "
+            f"(first at index {bad[0]}: {labels[bad[0]]}); is this really the dataset it is named as?"
+        )
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -168,8 +188,11 @@ def _load_idx_dir(name: str, directory: str) -> Dataset:
             raise ValueError(
                 f"{labels_path}: expected {len(images)} labels to match {images_path}, got shape {labels.shape}"
             )
+        check_labels(labels, NUM_CLASSES[name], labels_path)
         splits[split] = _scale_images(images[..., None]), labels.astype(np.int32)
-    return Dataset(name, *splits["train"], *splits["test"], num_classes=10, source=f"IDX files in {directory}")
+    return Dataset(
+        name, *splits["train"], *splits["test"], num_classes=NUM_CLASSES[name], source=f"IDX files in {directory}"
+    )
 
 
 def _load_cifar10_tar(tar_path: str) -> Dataset:
@@ -235,12 +258,14 @@ def _load_tfds(name: str) -> Dataset:
     except Exception as e:  # noqa: BLE001
         raise DatasetNotFoundError(f"tensorflow-datasets: could not load {name!r} ({type(e).__name__}: {e})") from e
     scale = np.asarray if name in UINT8_DATASETS else _scale_images
+    check_labels(y_train, NUM_CLASSES[name], f"tensorflow-datasets {name} train")
+    check_labels(y_test, NUM_CLASSES[name], f"tensorflow-datasets {name} test")
     return Dataset(
         name,
         scale(x_train),
         y_train.astype(np.int32),
         scale(x_test),
         y_test.astype(np.int32),
-        num_classes=10,
+        num_classes=NUM_CLASSES[name],
         source="tensorflow-datasets",
     )

@@ -1,6 +1,5 @@
 """Pipeline edges of the flow: resumable training with checkpoints, and ensemble sampling."""
 
-import pathlib
 import time
 from typing import Any
 
@@ -8,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 from tqdm.auto import tqdm
 
@@ -23,7 +21,7 @@ def build_flow(config: ml_collections.ConfigDict, dim: int) -> flow.VelocityFiel
 
 
 def train_flow_stage(
-    config: ml_collections.ConfigDict, weights: jax.Array, checkpoint_dir: pathlib.Path, progress: bool
+    config: ml_collections.ConfigDict, weights: jax.Array, saves: checkpoints.TrainingCheckpoints, progress: bool
 ) -> PyTree:
     """Train the flow on the zoo in its space ((N, D) weights or (N, k) coefficients), with checkpoints."""
     f = config.flow
@@ -45,13 +43,10 @@ def train_flow_stage(
         time_distribution=f.time_distribution,
         beta=tuple(f.beta),
     )
-    manager = checkpoints.manager(checkpoint_dir)
     losses = np.zeros(f.iterations, np.float32)
-    if manager.latest_step() is not None:
-        saved = manager.restore(
-            manager.latest_step(), args=ocp.args.StandardRestore({"state": state, "losses": losses})
-        )
-        state, losses = flow.FlowState(*saved["state"]), saved["losses"]
+    restored = saves.restore_latest({"state": state, "losses": losses})
+    if restored is not None:
+        state, losses = flow.FlowState(*restored[1]["state"]), restored[1]["losses"]
         logging.info("flow: resuming from step %d", int(state.step))
     train_key = jax.random.fold_in(root, 1)
     bar = tqdm(total=f.iterations, initial=int(state.step), desc="flow", unit="step", disable=not progress)
@@ -63,15 +58,15 @@ def train_flow_stage(
         losses[step : step + num_steps] = np.asarray(chunk_losses)
         if not np.all(np.isfinite(chunk_losses)):
             raise FloatingPointError(
-                f"flow loss became non-finite near step {step + num_steps}; "
-                f"last good checkpoint: step {manager.latest_step()}"
+                f"flow loss became non-finite near step {step + num_steps}: the flow diverged. Lower "
+                f"flow.learning_rate and delete {saves.directory} (states of this rate) to train it again; "
+                "finished stages are kept"
             )
         if int(state.step) % f.checkpoint_every == 0 or int(state.step) == f.iterations:
-            manager.save(int(state.step), args=ocp.args.StandardSave({"state": state, "losses": losses}))
+            saves.save(int(state.step), {"state": state, "losses": losses})
         bar.update(num_steps)
         bar.set_postfix(loss=f"{float(jnp.mean(chunk_losses)):.3e}")
     bar.close()
-    manager.wait_until_finished()
     steps_run = f.iterations - start_step
     logging.info(
         "flow: %d steps in this run, %.2f ms/step", steps_run, 1e3 * (time.perf_counter() - start) / max(1, steps_run)

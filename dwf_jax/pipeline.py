@@ -22,7 +22,8 @@ from dwf_jax.data import Dataset, load_dataset
 from dwf_jax.evaluate import zoo_distances
 from dwf_jax.flow_stage import sample_stage, train_flow_stage
 from dwf_jax.pca import inverse_transform_to_file
-from dwf_jax.workdir import Workdir, check_config, locked, record_config
+from dwf_jax.settings import stage_settings
+from dwf_jax.workdir import Workdir, locked
 from dwf_jax.zoo_store import Flattener, ZooStore, check_finite, write_rows
 
 
@@ -34,14 +35,34 @@ class WeightSpace(NamedTuple):
     write_weights: Callable[[np.ndarray, pathlib.Path], ZooStore]  # (M, k) samples -> (M, D) weight file
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, with where it stopped; the same command resumes it."""
+
+
+def workdir_for(config: ml_collections.ConfigDict, dataset: Dataset, workdir: pathlib.Path) -> Workdir:
+    """The workdir whose new stages record this config's settings (`Workdir.check` compares finished ones)."""
+    return Workdir(workdir, stage_settings(config, dataset.fingerprint()))
+
+
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, progress: bool = True) -> dict:
-    """Run (or resume) every stage in `workdir` and return the report."""
+    """Run (or resume) every stage in `workdir` and return the report.
+
+    Everything that can be refused (the config, the data, the workdir's stages) is checked before the first write.
+    """
     validate_config(config)
     dataset = load_dataset(config.data.name, config.data.dir, config.data.source)
-    check_config(workdir, config)
+    work = workdir_for(config, dataset, workdir)
+    work.check()
     with locked(workdir):
-        record_config(workdir, config)
-        return run_stages(config, dataset, Workdir(workdir), progress)
+        work.remove_leftovers()
+        work.record_config(config)
+        try:
+            return run_stages(config, dataset, work, progress)
+        except KeyboardInterrupt:
+            raise Interrupted(
+                f"interrupted during stage {work.running} in {workdir}; finished stages and training checkpoints "
+                "are kept: run the same command to resume"
+            ) from None
 
 
 def weight_space(
@@ -69,7 +90,10 @@ def generate(
 ) -> dict:
     """Sample the ensemble in the flow's space and write its full weights; a diverged flow is an error."""
     samples = sample_stage(config, flow_params, space.data.shape[1], progress)
-    advice = f"The flow diverged: delete {work.stage('flow')} and retrain with a lower flow.learning_rate."
+    advice = (
+        f"The flow diverged: delete {work.stage('flow')} and {work.flow_checkpoints}, "
+        "and retrain with a lower flow.learning_rate."
+    )
     check_finite(samples, "generated weights", advice)
     space.write_weights(samples, work.matrix_file("samples"))
     return {"samples": samples}
@@ -91,7 +115,8 @@ def run_stages(config: ml_collections.ConfigDict, dataset: Dataset, work: Workdi
     canonical_stage = work.run("canonical", lambda: stages.canonicalize(config, original, flattener, evaluate, work))
     canonical = stages.open_stage(config, work, "canonical", num_models, flattener)
     space = weight_space(config, canonical, flattener, work)
-    flow = work.run("flow", lambda: train_flow_stage(config, jnp.asarray(space.data), work.flow_checkpoints, progress))
+    saves = work.training_checkpoints("flow", work.flow_checkpoints)
+    flow = work.run("flow", lambda: train_flow_stage(config, jnp.asarray(space.data), saves, progress))
     work.run("samples", lambda: generate(config, flow["params"], space, work, progress))
     generated = stages.open_stage(config, work, "samples", config.sample.num_samples, flattener)
 
@@ -105,6 +130,7 @@ def run_stages(config: ml_collections.ConfigDict, dataset: Dataset, work: Workdi
         accuracy["bn_recalibrated"] = work.accuracy(
             "eval_recalibrated", lambda: stages.store_accuracy(evaluate, generated, flattener, group, statistics)
         )
+    work.running = "report"
     result = report.build_report(
         config=config,
         dataset=dataset,

@@ -152,5 +152,7 @@ def accuracy_figure(result: dict) -> Figure:
 
 
 def write(result: dict, report_path: pathlib.Path, figure_path: pathlib.Path) -> None:
+    """report.json and the figure, each written whole or not at all."""
     checkpoints.save_json(report_path, result)
-    accuracy_figure(result).savefig(figure_path, dpi=120)
+    with checkpoints.atomic_path(figure_path) as temporary:
+        accuracy_figure(result).savefig(temporary, dpi=120, format="png")

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dwf_jax import bn_recalibration, checkpoints, keys, pca, zoo
+from dwf_jax import bn_recalibration, keys, pca, zoo
 from dwf_jax.augment import input_pipeline
 from dwf_jax.canonical import align_models
 from dwf_jax.config import pca_components
@@ -102,7 +102,7 @@ def train_chunks(
             drop_last=z.drop_last,
             models_per_vmap=config.models_per_vmap,
             scan_steps=z.scan_steps,
-            manager=checkpoints.manager(work.zoo_chunk(indices[0], indices[-1])),
+            saves=work.training_checkpoints("zoo", work.zoo_chunk(indices[0], indices[-1])),
             checkpoint_every=z.checkpoint_every,
             progress=progress,
         )

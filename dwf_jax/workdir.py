@@ -1,14 +1,15 @@
-"""A run's workdir: its layout, its finished stages, and the config that owns it.
+"""A run's workdir: its layout, its finished stages, and the settings they were computed with.
 
 Every path a run writes is named here. A stage is an orbax dir (small arrays)
 plus, for zoo-sized results, one raw float32 matrix beside it (`MATRIX_FILES`),
 written and renamed into place before the stage dir: "stage dir exists" means
-"done". The first run records its config; later runs must match it.
+"done". The stage's manifest holds checksums of both and the settings it was
+computed with (`dwf_jax.settings`); `Workdir.check` verifies them all before a
+run touches anything.
 """
 
 import contextlib
 import fcntl
-import json
 import os
 import pathlib
 import shutil
@@ -18,11 +19,12 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 
 from dwf_jax import checkpoints
-from dwf_jax.checkpoints import CheckpointError
-from dwf_jax.config import base_config
+from dwf_jax.checkpoints import PARTIAL_SUFFIX, CheckpointError
+from dwf_jax.settings import STAGE_KEYS, Settings, config_as_dict, differences
 from dwf_jax.zoo_store import ZooStore, open_file
 
 PyTree = Any
@@ -34,11 +36,11 @@ REPORT_FILE = "report.json"
 FIGURE_FILE = "accuracy.png"
 TIMINGS_FILE = "timings.json"
 LOCK_FILE = ".lock"
-# The config keys a zoo depends on, for reusing a zoo under another config (a larger zoo, another flow).
 FORMAT_FILE = "workdir_format.json"
 # Version of the stage layout and random streams; workdirs of another version are refused.
 # 2: matrix files for every zoo-sized stage, stage keys disjoint from model keys.
-FORMAT = 2
+# 3: every stage and training checkpoint has a manifest (checksums, the stage's settings).
+FORMAT = 3
 # What each stage is computed from: recomputing a stage makes everything computed from it stale.
 UPSTREAM = {
     "canonical": ("zoo",),
@@ -49,18 +51,20 @@ UPSTREAM = {
     "bn_stats": ("samples",),
     "eval_recalibrated": ("bn_stats",),
 }
-# The config keys the zoo and canonical zoo depend on, and keys that change how a stage runs, never its result.
-ZOO_KEYS = ("seed", "data", "model", "zoo")
-CANONICAL_KEYS = (*ZOO_KEYS, "canonical")
-RESULT_FREE_KEYS = ("zoo.models_per_chunk", "zoo.checkpoint_every", "zoo.scan_steps", "zoo.on_disk")
+# Names of files an interrupted write leaves behind (ours, and orbax's temporary folders).
+LEFTOVER_PATTERNS = (f"*{PARTIAL_SUFFIX}", ".*.tmp", "*.orbax-checkpoint-tmp-*")
 
 
 class WorkdirConfigMismatch(ValueError):
-    """The workdir holds results of a different config."""
+    """A finished stage of the workdir was computed with other settings."""
 
 
 class WorkdirFormatMismatch(ValueError):
     """The workdir was made by a dwf_jax whose stages this version cannot use."""
+
+
+class StageDamaged(CheckpointError):
+    """A finished stage's files changed after they were written."""
 
 
 class WorkdirBusy(RuntimeError):
@@ -72,10 +76,16 @@ class WorkdirNotWritable(PermissionError):
 
 
 class Workdir:
-    """The paths of one run and its finished stages; a stage runs once, later runs load it."""
+    """The paths of one run and its finished stages; a stage runs once, later runs load it.
 
-    def __init__(self, path: str | os.PathLike):
+    `settings` (`dwf_jax.settings.stage_settings`) are what new stages record and
+    finished ones are checked against; a Workdir only read from needs none.
+    """
+
+    def __init__(self, path: str | os.PathLike, settings: dict[str, Settings] | None = None):
         self.path = pathlib.Path(path)
+        self.settings = dict(settings or {})
+        self.running = "(none)"  # the stage being computed or loaded, to say where an interrupted run stopped
         self.report = self.path / REPORT_FILE
         self.figure = self.path / FIGURE_FILE
         self.flow_checkpoints = self.path / FLOW_CHECKPOINTS
@@ -93,15 +103,33 @@ class Workdir:
         """Training checkpoints of zoo models first..last (inclusive)."""
         return self.path / ZOO_CHUNKS / f"models_{first_model:04d}-{last_model:04d}"
 
+    def training_checkpoints(self, stage: str, folder: pathlib.Path) -> checkpoints.TrainingCheckpoints:
+        """Training states of `stage` in `folder`, tied to its settings: a changed config never resumes them."""
+        return checkpoints.TrainingCheckpoints(folder, self.settings[stage])
+
     def remove_zoo_chunks(self) -> None:
         """Training checkpoints are dead weight once the zoo stage exists."""
         shutil.rmtree(self.path / ZOO_CHUNKS, ignore_errors=True)
+
+    def remove_leftovers(self) -> None:
+        """Delete what interrupted writes left behind; only under the lock, so no write is in flight."""
+        folders = [self.path, self.flow_checkpoints, *(self.path / ZOO_CHUNKS).glob("*")]
+        for folder in folders:
+            for pattern in LEFTOVER_PATTERNS:
+                for leftover in folder.glob(pattern):
+                    if leftover.is_dir():
+                        shutil.rmtree(leftover)
+                    else:
+                        leftover.unlink()
 
     def done(self, name: str) -> bool:
         return self.stage(name).exists()
 
     def load(self, name: str) -> PyTree:
         return checkpoints.restore_tree(self.stage(name))
+
+    def _beside(self, name: str) -> dict[str, pathlib.Path]:
+        return {MATRIX_FILES[name]: self.matrix_file(name)} if name in MATRIX_FILES else {}
 
     def derived_from(self, name: str) -> list[str]:
         """The finished stages (and flow checkpoints) computed from stage `name`, directly or not."""
@@ -117,13 +145,58 @@ class Workdir:
             found.append(FLOW_CHECKPOINTS)
         return found
 
+    def _delete_advice(self, name: str) -> str:
+        doomed = [name, *self.derived_from(name)]
+        files = [path for stage in doomed for path in (stage, MATRIX_FILES.get(stage)) if path]
+        return f"delete {', '.join(files)} in {self.path} to recompute, or use another --workdir"
+
+    def verify(self, name: str) -> Settings:
+        """Check a finished stage's files against its checksums and return the settings it recorded."""
+        try:
+            return checkpoints.verify(self.stage(name), self._beside(name)).get("settings", {})
+        except CheckpointError as error:
+            raise StageDamaged(f"stage {name} is damaged: {error}; {self._delete_advice(name)}") from None
+
+    def record_config(self, config: ml_collections.ConfigDict) -> None:
+        """Record the config of the latest run, for people: the stages keep the settings they depend on."""
+        self._record_format()
+        checkpoints.save_json(self.path / CONFIG_FILE, config_as_dict(config))
+
+    def _record_format(self) -> None:
+        """Mark the workdir with the format of the stages about to be written in it."""
+        if not (self.path / FORMAT_FILE).exists():
+            self.path.mkdir(parents=True, exist_ok=True)
+            checkpoints.save_json(self.path / FORMAT_FILE, {"workdir_format": FORMAT})
+
+    def check(self) -> None:
+        """Refuse, before anything is written, a workdir of another format, or a finished stage that is
+        damaged or was computed with other settings than this run's."""
+        made = any(self.done(stage) for stage in (*STAGE_KEYS, ZOO_CHUNKS, FLOW_CHECKPOINTS))
+        if made:
+            path = self.path / FORMAT_FILE
+            written = checkpoints.load_json(path)["workdir_format"] if path.exists() else 1
+            if written != FORMAT:
+                raise WorkdirFormatMismatch(
+                    f"workdir {self.path} was made by another dwf_jax version (workdir format {written}, this "
+                    f"version reads {FORMAT}: stage files and random streams differ). Use another --workdir, "
+                    "or delete it to start over."
+                )
+        for name in self.settings:
+            if self.done(name):
+                changed = differences(self.verify(name), self.settings[name])
+                if changed:
+                    raise WorkdirConfigMismatch(
+                        f"stage {name} in {self.path} was computed with other settings ({', '.join(changed[:5])}); "
+                        f"{self._delete_advice(name)}"
+                    )
+
     def run(self, name: str, compute: Callable[[], PyTree]) -> PyTree:
         """The stage's saved result, computing and saving it first if it is not done.
 
         A stage is not recomputed under results computed from its earlier version:
         those must be deleted too, which the error says.
         """
-        path = self.stage(name)
+        path, self.running = self.stage(name), name
         if path.exists():
             logging.info(
                 "stage %-9s loaded from %s (computed earlier in %.1f s)",
@@ -131,16 +204,21 @@ class Workdir:
                 path,
                 self.timings.get(name, float("nan")),
             )
-            return self.load(name)
+            result = self.load(name)
+            _check_finite(result, name, self._delete_advice(name))
+            return result
         stale = self.derived_from(name)
         if stale:
             raise CheckpointError(
                 f"stage {path} is missing while results computed from it remain in {self.path} "
                 f"({', '.join(stale)}); delete those too to recompute {name}, or delete the whole workdir"
             )
+        if name not in self.settings:
+            raise ValueError(f"no settings for stage {name}: this Workdir can only read finished stages")
+        self._record_format()
         start = time.perf_counter()
         result = jax.block_until_ready(compute())
-        checkpoints.save_tree(path, result)
+        checkpoints.save_tree(path, result, self._beside(name), settings=self.settings[name])
         self.timings[name] = time.perf_counter() - start
         checkpoints.save_json(self._timings_file, self.timings)
         logging.info("stage %-9s done in %.1f s -> %s", name, self.timings[name], path)
@@ -155,37 +233,43 @@ class Workdir:
         try:
             return open_file(self.matrix_file(stage), rows, dim, in_memory)
         except (FileNotFoundError, ValueError) as error:
-            raise CheckpointError(
-                f"{error} (stage {self.stage(stage)} exists: a truncated file, or another architecture); "
-                f"delete {self.stage(stage)} to recompute that stage"
-            ) from error
+            raise StageDamaged(f"{error} (another architecture?); {self._delete_advice(stage)}") from error
 
-    def copy_stages_from(self, source: "Workdir", stages: Iterable[str], config: ml_collections.ConfigDict) -> None:
-        """Take finished stages (dir and matrix file) of another workdir made with the same zoo settings.
+    def copy_stages_from(self, source: "Workdir", stages: Iterable[str], ignore: tuple[str, ...] = ()) -> None:
+        """Take finished stages (dir and matrix file) of another workdir, computed with this one's settings.
 
-        Stages this workdir has are kept. Each is copied under a temporary name and
-        renamed, so an interrupted copy never looks like a finished stage.
+        Stages this workdir has are kept. Each is verified, then copied under a
+        temporary name and renamed, so an interrupted copy never looks like a finished stage.
         """
-        check_config(source.path, config, only=CANONICAL_KEYS, ignore=RESULT_FREE_KEYS)
         self.path.mkdir(parents=True, exist_ok=True)
+        self._record_format()
         for name in stages:
             if not source.done(name) or self.done(name):
                 continue
-            if name in MATRIX_FILES:
-                if not source.matrix_file(name).is_file():
-                    raise CheckpointError(
-                        f"{source.matrix_file(name)} is missing: {source.stage(name)} cannot be copied"
-                    )
-                partial = self.matrix_file(name).with_name(self.matrix_file(name).name + ".partial")
+            changed = differences(source.verify(name), self.settings[name], ignore)
+            if changed:
+                raise WorkdirConfigMismatch(
+                    f"stage {name} of {source.path} was computed with other settings ({', '.join(changed[:5])})"
+                )
+            for file in self._beside(name).values():
+                partial = file.with_name(file.name + PARTIAL_SUFFIX)
                 shutil.copyfile(source.matrix_file(name), partial)
-                os.replace(partial, self.matrix_file(name))
-            partial = self.stage(name).with_name(name + ".partial")
+                os.replace(partial, file)
+            partial = self.stage(name).with_name(name + PARTIAL_SUFFIX)
             shutil.rmtree(partial, ignore_errors=True)
             shutil.copytree(source.stage(name), partial)
             os.replace(partial, self.stage(name))
             self.timings.setdefault(name, source.timings.get(name, float("nan")))
             logging.info("stage %-9s taken from %s", name, source.path)
         checkpoints.save_json(self._timings_file, self.timings)
+
+
+def _check_finite(tree: PyTree, name: str, advice: str) -> None:
+    """A saved stage holds no NaN/Inf: every stage checks its results before saving them."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        leaf = np.asarray(leaf)
+        if np.issubdtype(leaf.dtype, np.floating) and not np.isfinite(leaf).all():
+            raise StageDamaged(f"stage {name}: {jax.tree_util.keystr(path)} holds NaN/Inf; {advice}")
 
 
 @contextlib.contextmanager
@@ -216,69 +300,3 @@ def locked(workdir: pathlib.Path) -> Iterator[None]:
         handle.write(str(os.getpid()))
         handle.flush()
         yield
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def config_as_dict(config: ml_collections.ConfigDict) -> dict:
-    """JSON-normalised config (tuples become lists), so recorded and current configs compare equal."""
-    return json.loads(config.to_json())
-
-
-def record_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
-    """Record the config that owns a new workdir."""
-    if not (workdir / CONFIG_FILE).exists():
-        checkpoints.save_json(workdir / FORMAT_FILE, {"workdir_format": FORMAT})
-        checkpoints.save_json(workdir / CONFIG_FILE, config_as_dict(config))
-
-
-def config_differences(
-    recorded: dict, config: ml_collections.ConfigDict, only: Iterable[str] = (), ignore: Iterable[str] = ()
-) -> list[str]:
-    """`key: recorded -> now` for each key that differs, among the keys under `only` (all if empty) less `ignore`.
-
-    A key one side lacks counts as its base_config default: workdirs made before a
-    key existed stay usable while the new key keeps its default.
-    """
-    defaults = _flatten(config_as_dict(base_config()))
-    recorded, now = _flatten(recorded), _flatten(config_as_dict(config))
-    only, ignore = tuple(only), set(ignore)
-
-    def compared(key: str) -> bool:
-        return key not in ignore and (not only or any(key == prefix or key.startswith(prefix + ".") for prefix in only))
-
-    keys = sorted(key for key in recorded.keys() | now.keys() if compared(key))
-    return [
-        f"{key}: {recorded.get(key)!r} -> {now.get(key)!r}"
-        for key in keys
-        if recorded.get(key, defaults.get(key)) != now.get(key, defaults.get(key))
-    ]
-
-
-def check_config(
-    workdir: pathlib.Path, config: ml_collections.ConfigDict, only: Iterable[str] = (), ignore: Iterable[str] = ()
-) -> None:
-    """Refuse, without writing anything, a workdir that another config made (compared as `config_differences`)."""
-    path = workdir / CONFIG_FILE
-    if not path.exists():
-        return
-    written = checkpoints.load_json(workdir / FORMAT_FILE)["workdir_format"] if (workdir / FORMAT_FILE).exists() else 1
-    if written != FORMAT:
-        raise WorkdirFormatMismatch(
-            f"workdir {workdir} was made by another dwf_jax version (workdir format {written}, this version reads "
-            f"{FORMAT}: stage files and random streams differ). Use another --workdir, or delete it to start over."
-        )
-    differences = config_differences(json.loads(path.read_text()), config, only, ignore)
-    if differences:
-        raise WorkdirConfigMismatch(
-            f"workdir {workdir} was made by a different config ({', '.join(differences[:5])}). "
-            f"Use another --workdir, or delete {workdir} to start over."
-        )

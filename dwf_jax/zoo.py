@@ -13,10 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
 from dwf_jax.augment import InputPipeline
+from dwf_jax.checkpoints import TrainingCheckpoints
 from dwf_jax.keys import model_keys
 
 PyTree = Any
@@ -108,7 +108,7 @@ def train_models(
     drop_last: bool = False,
     models_per_vmap: int = 0,
     scan_steps: bool = True,
-    manager: ocp.CheckpointManager | None = None,
+    saves: TrainingCheckpoints | None = None,
     checkpoint_every: int = 1,
     progress: bool = True,
 ) -> tuple[PyTree, np.ndarray]:
@@ -118,9 +118,9 @@ def train_models(
     epoch is one `lax.scan` (`scan_steps`) or one dispatch per minibatch. Both
     knobs change speed, never results: XLA's CPU backend runs convolution
     gradients inside loops and vmaps several times slower than alone, so CNN
-    configs on CPU use one model at a time and no scan. With a checkpoint
-    `manager`, the state is saved every `checkpoint_every` epochs (step =
-    epochs done) and training continues from the latest save.
+    configs on CPU use one model at a time and no scan. With `saves`, the
+    state is saved every `checkpoint_every` epochs (step = epochs done) and
+    training continues from the latest save that restores.
     """
     init_keys, data_keys = model_keys(seed, model_indices)
     sample = inputs.eval(jnp.asarray(x_train[:1]))
@@ -142,9 +142,9 @@ def train_models(
     x_train, y_train = jnp.asarray(x_train), jnp.asarray(y_train)
     state = {"variables": variables, "opt_state": opt_state, "losses": jnp.zeros(len(model_indices))}
     start = 0
-    if manager is not None and manager.latest_step() is not None:
-        start = manager.latest_step()
-        state = manager.restore(start, args=ocp.args.StandardRestore(state))
+    restored = saves.restore_latest(state) if saves is not None else None
+    if restored is not None:
+        start, state = restored
     groups = _groups(len(model_indices), models_per_vmap)
     carries = [
         jax.tree.map(lambda leaf, rows=group: leaf[rows], (state["variables"], state["opt_state"])) for group in groups
@@ -177,13 +177,11 @@ def train_models(
             losses = jnp.stack(steps, axis=1)
         stacked = jax.tree.map(lambda *parts: jnp.concatenate(parts), *carries)
         state = {"variables": stacked[0], "opt_state": stacked[1], "losses": jnp.mean(losses, axis=1)}
-        if manager is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
-            manager.save(epoch + 1, args=ocp.args.StandardSave(state))
+        if saves is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
+            saves.save(epoch + 1, state)
         if progress:
             bar.set_postfix(epoch=epoch + 1, loss=f"{float(jnp.mean(state['losses'])):.4f}")
     bar.close()
-    if manager is not None:
-        manager.wait_until_finished()
     return state["variables"], np.asarray(state["losses"])
 
 

@@ -6,7 +6,7 @@ import tempfile
 import ml_collections
 import numpy as np
 
-from dwf_jax import evaluate, pca, stages
+from dwf_jax import evaluate, pca, pipeline, stages
 from dwf_jax.data import load_dataset
 from dwf_jax.workdir import Workdir
 from dwf_jax.zoo_store import Flattener, groups
@@ -29,8 +29,9 @@ def reconstructed_zoo_accuracy(config: ml_collections.ConfigDict, workdir: pathl
 
     A stage of the workdir, so a rerun only reads it.
     """
-    work = Workdir(workdir)
     dataset = load_dataset(config.data.name, config.data.dir, config.data.source)
+    work = pipeline.workdir_for(config, dataset, workdir)
+    work.settings["reconstructed_zoo"] = work.settings["pca"]
     flattener = Flattener(stages.model_template(config, dataset))
 
     def compute() -> dict:

@@ -24,7 +24,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs import resnet20  # noqa: E402
 from dwf_jax import pipeline, stages  # noqa: E402
 from dwf_jax.data import load_dataset  # noqa: E402
-from dwf_jax.workdir import RESULT_FREE_KEYS, ZOO_KEYS, Workdir, check_config, record_config  # noqa: E402
+from dwf_jax.settings import differences  # noqa: E402
+from dwf_jax.workdir import Workdir, WorkdirConfigMismatch  # noqa: E402
 from dwf_jax.zoo_store import Flattener  # noqa: E402
 from experiments import common, stage_readers  # noqa: E402
 
@@ -76,12 +77,14 @@ def space_config(space: str, iterations: int) -> ml_collections.ConfigDict:
     return config
 
 
-def reused_models(config: ml_collections.ConfigDict, flattener: Flattener) -> tuple | None:
+def reused_models(config: ml_collections.ConfigDict, work: Workdir, flattener: Flattener) -> tuple | None:
     """The smaller zoo's models and accuracies, after checking it was trained with the same settings."""
     if FLAGS.reuse_zoo is None:
         return None
     source = Workdir(FLAGS.reuse_zoo)
-    check_config(source.path, config, only=ZOO_KEYS, ignore=(*RESULT_FREE_KEYS, "zoo.num_models"))
+    changed = differences(source.verify("zoo"), work.settings["zoo"], ignore=("zoo.num_models",))
+    if changed:
+        raise WorkdirConfigMismatch(f"--reuse_zoo={source.path} was trained with other settings ({', '.join(changed)})")
     accuracy = source.load("zoo")["test_accuracy"]
     if len(accuracy) > config.zoo.num_models:
         raise ValueError(
@@ -92,16 +95,15 @@ def reused_models(config: ml_collections.ConfigDict, flattener: Flattener) -> tu
 
 def grow_zoo(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
     """Write workdir's zoo stage: the reused models, then the new ones trained here."""
-    work = Workdir(workdir)
-    if work.done("zoo") or FLAGS.reuse_zoo is None:
+    if Workdir(workdir).done("zoo") or FLAGS.reuse_zoo is None:
         return  # done, or the pipeline trains the whole zoo itself
     dataset = load_dataset(config.data.name, config.data.dir, config.data.source)
+    work = pipeline.workdir_for(config, dataset, workdir)
     flattener = Flattener(stages.model_template(config, dataset))
-    reused = reused_models(config, flattener)
+    reused = reused_models(config, work, flattener)
     logging.info("zoo: models 0-%d from %s, training the rest", reused[0].num_models - 1, FLAGS.reuse_zoo)
     evaluate_models = stages.evaluator(config, dataset)
     work.run("zoo", lambda: stages.train_zoo(config, dataset, flattener, evaluate_models, work, True, reused=reused))
-    record_config(workdir, config)  # so a larger zoo can grow from this one
     work.remove_zoo_chunks()
 
 
@@ -109,14 +111,15 @@ def run_space(base: pathlib.Path, space: str, iterations: int) -> dict:
     """One pipeline run in its own workdir, starting from (and leaving behind) the shared stages in `base`."""
     workdir = base.with_name(f"{base.name}_{space.replace(':', '')}_{iterations}")
     config = space_config(space, iterations)
-    Workdir(workdir).copy_stages_from(Workdir(base), SHARED_STAGES, config)
+    dataset = load_dataset(config.data.name, config.data.dir, config.data.source)
+    pipeline.workdir_for(config, dataset, workdir).copy_stages_from(Workdir(base), SHARED_STAGES)
     start = time.perf_counter()
     result = pipeline.run(config, workdir, progress=True)
     result["wall_seconds_this_invocation"] = round(time.perf_counter() - start, 1)
     result["zoo_epochs"] = config.zoo.epochs
     if space != "none":
         result["reconstructed_zoo"] = stage_readers.reconstructed_zoo_accuracy(config, workdir)
-    Workdir(base).copy_stages_from(Workdir(workdir), SHARED_STAGES, config)
+    pipeline.workdir_for(config, dataset, base).copy_stages_from(Workdir(workdir), SHARED_STAGES)
     return result
 
 

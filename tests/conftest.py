@@ -1,10 +1,31 @@
-"""Test-wide settings: float32 matrix products at full precision on every backend.
+"""Test-wide settings (float32 matrix products at full precision on every backend) and shared fixtures.
 
 GPUs multiply float32 in TF32 by default (about 1e-3 relative error), which is
 right for training but hides what the tests check: functional equivalence after
 permutation to 1e-5, streamed and in-memory results equal to 1e-5.
 """
 
+import shutil
+
 import jax
+import pytest
+from tiny_runs import tiny_config
+
+from dwf_jax import pipeline
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("finished") / "work"
+    pipeline.run(tiny_config(), workdir, progress=False)
+    return workdir
+
+
+@pytest.fixture
+def workdir(finished, tmp_path):
+    """A private copy of a finished run, to damage at will."""
+    copy = tmp_path / "work"
+    shutil.copytree(finished, copy)
+    return copy

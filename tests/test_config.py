@@ -1,5 +1,6 @@
 import re
 
+import ml_collections
 import pytest
 
 import configs.fashion_mnist_mlp
@@ -36,6 +37,7 @@ BAD_VALUES = [
     ({"model.init_scheme": "orthogonal"}, "model.init_scheme='orthogonal'"),
     ({"model.features": (16, 0)}, "model.features=(16, 0) needs positive widths"),
     ({"model.features": ()}, "model.features=() needs positive widths"),
+    ({"model.features": (16, 16)}, "model 'mlp' has 16 outputs but iris has 3 classes"),
     ({"models_per_vmap": -1}, "models_per_vmap=-1 must be >= 0"),
     ({"zoo.num_models": 1}, "zoo.num_models=1: a zoo needs at least 2 models"),
     ({"zoo.num_models": -5}, "zoo.num_models=-5: a zoo needs at least 2 models"),
@@ -47,6 +49,9 @@ BAD_VALUES = [
     ({"zoo.optimizer": "rmsprop"}, "zoo.optimizer='rmsprop'"),
     ({"zoo.schedule": "linear"}, "zoo.schedule='linear'"),
     ({"zoo.learning_rate": 0.0}, "zoo.learning_rate=0.0 must be > 0"),
+    ({"zoo.learning_rate": float("inf")}, "zoo.learning_rate=inf is not finite"),
+    ({"zoo.learning_rate": float("nan")}, "zoo.learning_rate=nan is not finite"),
+    ({"zoo.weight_decay": -1e-4}, "zoo.weight_decay=-0.0001 must be >= 0"),
     ({"canonical.method": "ot"}, "canonical.method='ot'"),
     ({"canonical.reference": 100}, "canonical.reference=100 must index a zoo model (0..99)"),
     ({"canonical.reference": -1}, "canonical.reference=-1 must index a zoo model"),
@@ -70,8 +75,14 @@ BAD_VALUES = [
     ({"flow.batch_size": 0}, "flow.batch_size=0 must be >= 1"),
     ({"flow.steps_per_dispatch": 0}, "flow.steps_per_dispatch=0 must be >= 1"),
     ({"flow.checkpoint_every": 0}, "flow.checkpoint_every=0 must be >= 1"),
-    ({"flow.source_std": 0.0}, "flow.source_std must be > 0"),
-    ({"flow.sigma": -1e-3}, "flow.sigma >= 0"),
+    ({"flow.learning_rate": -5e-4}, "flow.learning_rate=-0.0005 must be > 0"),
+    ({"flow.weight_decay": -1e-5}, "flow.weight_decay=-1e-05 must be >= 0"),
+    ({"flow.source_std": 0.0}, "flow.source_std=0.0 must be in (0, 100.0]"),
+    ({"flow.source_std": 1e30}, "flow.source_std=1e+30 must be in (0, 100.0]"),
+    ({"flow.sigma": -1e-3}, "flow.sigma=-0.001 must be in [0, 100.0]"),
+    ({"flow.sigma": 101.0}, "flow.sigma=101.0 must be in [0, 100.0]"),
+    ({"flow.beta": (2.0,)}, "flow.beta=(2.0,) must be two positive numbers"),
+    ({"flow.beta": (2.0, 0.0)}, "flow.beta=(2.0, 0.0) must be two positive numbers"),
     ({"flow.time_distribution": "cauchy"}, "flow.time_distribution='cauchy'"),
     ({"sample.num_samples": 0}, "sample.num_samples=0 must be >= 1"),
     ({"sample.steps": 0}, "sample.steps=0 must be >= 1"),
@@ -79,6 +90,7 @@ BAD_VALUES = [
     ({"bn.data": "val"}, "bn.data='val'"),
     ({"bn.num_batches": 0}, "bn.num_batches and bn.batch_size must be >= 1"),
     ({"bn.batch_size": 0}, "bn.num_batches and bn.batch_size must be >= 1"),
+    ({"eval.batch_size": 0}, "eval.batch_size=0 must be >= 1"),
 ]
 
 
@@ -109,6 +121,11 @@ def test_each_bad_value_is_next_to_a_good_one(overrides, _):
         "zoo.checkpoint_every": 1,
         "zoo.models_per_chunk": 1,
         "zoo.learning_rate": 1e-9,
+        "zoo.weight_decay": 0.0,
+        "flow.learning_rate": 1e-9,
+        "flow.weight_decay": 0.0,
+        "flow.beta": (1e-9, 1e-9),
+        "eval.batch_size": 1,
         "canonical.reference": 0,
         "canonical.max_iter": 1,
         "pca.components": 1,
@@ -121,13 +138,13 @@ def test_each_bad_value_is_next_to_a_good_one(overrides, _):
         "flow.batch_size": 1,
         "flow.steps_per_dispatch": 1,
         "flow.checkpoint_every": 1,
-        "flow.source_std": 1e-9,
-        "flow.sigma": 0.0,
+        "flow.source_std": 100.0 if overrides.get("flow.source_std", 0) > 1 else 1e-9,
+        "flow.sigma": 100.0 if overrides.get("flow.sigma", 0) > 1 else 0.0,
         "sample.num_samples": 1,
         "sample.steps": 1,
         "bn.num_batches": 1,
         "bn.batch_size": 1,
-        "model.features": (1,),
+        "model.features": (1, 3),
     }
     config = configs.iris_mlp.get_config()
     for key, value in overrides.items():
@@ -141,10 +158,12 @@ def test_each_bad_value_is_next_to_a_good_one(overrides, _):
 def test_model_config_holds_only_the_fields_of_its_architecture():
     config = configs.iris_mlp.get_config()
     config.model = model_config("resnet20")
+    config.data.name = "cifar10"
     validate_config(config)
     config.model = model_config("mlp")
     config.model.name = "resnet20"
-    with pytest.raises(ValueError, match=r"model.features is not a field of model 'resnet20' \(its fields: none\)"):
+    unknown = "unknown keys ['model.features', 'model.init_scheme'] (not in base_config, nor fields of model 'resnet20"
+    with pytest.raises(ValueError, match=re.escape(unknown)):
         validate_config(config)
     with pytest.raises(ValueError, match="model 'smallcnn' has no field 'features'"):
         model_config("smallcnn", features=(4, 3))
@@ -166,3 +185,32 @@ def test_base_config_is_valid_and_holds_the_papers_flow_settings():
     assert pca_components(config) == config.zoo.num_models - 1
     config.pca.components = 7
     assert pca_components(config) == 7
+
+
+def _as_plain_config(config, **sections):
+    """A ConfigDict built from a dict, so keys and kinds the typed ConfigDict would refuse can be tried."""
+    tree = config.to_dict()
+    for key, value in sections.items():
+        tree[key] = value
+    return ml_collections.ConfigDict(tree)
+
+
+def test_missing_unknown_and_wrongly_typed_keys_are_named():
+    config = configs.iris_mlp.get_config()
+    flow = config.flow.to_dict()
+    del flow["beta"]
+    with pytest.raises(ValueError, match=re.escape("missing keys ['flow.beta']")):
+        validate_config(_as_plain_config(config, flow=flow))
+    with pytest.raises(ValueError, match=re.escape("unknown keys ['flow.betas']")):
+        validate_config(_as_plain_config(config, flow={**config.flow.to_dict(), "betas": (1.0, 1.0)}))
+    zoo = {**config.zoo.to_dict(), "num_models": "abc"}
+    with pytest.raises(ValueError, match=re.escape("zoo.num_models='abc' should be of the kind of its default 100")):
+        validate_config(_as_plain_config(config, zoo=zoo))
+    zoo = {**config.zoo.to_dict(), "num_models": True}
+    with pytest.raises(ValueError, match="zoo.num_models=True should be of the kind"):
+        validate_config(_as_plain_config(config, zoo=zoo))
+    model = {**config.model.to_dict(), "features": (16.5, 3)}
+    with pytest.raises(ValueError, match=re.escape("model.features=[16.5, 3] should be of the kind")):
+        validate_config(_as_plain_config(config, model=model))
+    zoo = {**config.zoo.to_dict(), "learning_rate": 1}  # an int where a float is expected is fine
+    validate_config(_as_plain_config(config, zoo=zoo))

@@ -1,6 +1,5 @@
 """Every bad input gets one clear error, raised before any file in the workdir changes."""
 
-import hashlib
 import pathlib
 import shutil
 import subprocess
@@ -10,13 +9,14 @@ import jax
 import numpy as np
 import pytest
 from tarfiles import write_image_folder_tar
+from tiny_runs import refused, snapshot, tiny_config
 
-import configs.iris_mlp as iris_config
 from dwf_jax import checkpoints, permutations, pipeline
 from dwf_jax.checkpoints import CheckpointError, NotEnoughSpace
-from dwf_jax.data import CIFAR10_TAR, DatasetNotFoundError
+from dwf_jax.data import CIFAR10_TAR, DatasetNotFoundError, load_dataset
 from dwf_jax.models import MLP, model_config
 from dwf_jax.workdir import (
+    StageDamaged,
     Workdir,
     WorkdirBusy,
     WorkdirConfigMismatch,
@@ -27,45 +27,6 @@ from dwf_jax.workdir import (
 from dwf_jax.zoo_store import NonFiniteWeights
 
 ROOT = pathlib.Path(__file__).parents[1]
-
-
-def tiny_config():
-    config = iris_config.get_config()
-    config.zoo.update(num_models=4, epochs=10, checkpoint_every=5)
-    config.flow.update(iterations=60, hidden=16, steps_per_dispatch=30, checkpoint_every=30, batch_size=2)
-    config.sample.update(num_samples=3, steps=4)
-    return config
-
-
-def snapshot(folder: pathlib.Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("finished") / "work"
-    pipeline.run(tiny_config(), workdir, progress=False)
-    return workdir
-
-
-@pytest.fixture
-def workdir(finished, tmp_path):
-    """A private copy of a finished run, to damage at will."""
-    copy = tmp_path / "work"
-    shutil.copytree(finished, copy)
-    return copy
-
-
-def refused(workdir: pathlib.Path, error: type, match: str, run=None) -> None:
-    """`run` (default: the tiny pipeline) raises `error` matching `match`, and no file in `workdir` changed."""
-    before = snapshot(workdir) if workdir.exists() else {}
-    with pytest.raises(error, match=match):
-        (run or (lambda: pipeline.run(tiny_config(), workdir, progress=False)))()
-    assert (snapshot(workdir) if workdir.exists() else {}) == before
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -112,6 +73,7 @@ def test_missing_dataset(workdir, monkeypatch):
     monkeypatch.delenv("DWF_DATA_DIR", raising=False)
     config = tiny_config()
     config.data.update(name="mnist", source="offline", dir=str(workdir.parent / "no-data"))
+    config.model.features = (16, 10)
     refused(
         workdir,
         DatasetNotFoundError,
@@ -124,25 +86,31 @@ def test_workdir_of_another_config(workdir):
     config = tiny_config()
     config.zoo.epochs = 11
     refused(
-        workdir, WorkdirConfigMismatch, "zoo.epochs: 10 -> 11", lambda: pipeline.run(config, workdir, progress=False)
+        workdir,
+        WorkdirConfigMismatch,
+        r"stage zoo in .* was computed with other settings \(zoo.epochs: 10 -> 11\); delete zoo, zoo.f32, canonical",
+        lambda: pipeline.run(config, workdir, progress=False),
     )
 
 
 def test_truncated_checkpoint(workdir):
-    victim = max((p for p in (workdir / "samples").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    files = (p for p in (workdir / "samples").rglob("*") if p.is_file() and p.name != "dwf_manifest.json")
+    victim = max(files, key=lambda p: p.stat().st_size)
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
-    refused(workdir, CheckpointError, "samples is corrupt, truncated or of another architecture")
+    refused(workdir, StageDamaged, r"stage samples is damaged: .*samples/.* does not match the checksum")
 
 
-def test_checkpoint_of_another_architecture(workdir, tmp_path):
+def test_stage_of_another_architecture(workdir, tmp_path):
     other_config = tiny_config()
     other_config.model.features = (8, 3)
     pipeline.run(other_config, tmp_path / "other", progress=False)
     shutil.rmtree(workdir / "zoo")
     shutil.copytree(tmp_path / "other" / "zoo", workdir / "zoo")
     shutil.copyfile(tmp_path / "other" / "zoo.f32", workdir / "zoo.f32")
-    expected = r"zoo.f32 has 1072 bytes, expected 4 x 131 float32 .*another architecture.*delete .*zoo"
-    refused(workdir, CheckpointError, expected)
+    refused(workdir, WorkdirConfigMismatch, r"stage zoo .* other settings \(model.features: \[8, 3\] -> \[16, 3\]\)")
+    wrong_size = r"zoo.f32 has 1072 bytes, expected 4 x 131 float32 .*another architecture.*delete zoo, zoo.f32"
+    with pytest.raises(StageDamaged, match=wrong_size):
+        Workdir(workdir).open_matrix("zoo", 4, 131, in_memory=True)
 
 
 def test_spec_that_does_not_fit_the_params():
@@ -178,12 +146,11 @@ def test_generated_nan_weights(workdir):
         pipeline.generate(config, broken, space, pipeline.Workdir(workdir), progress=False)
 
 
-def test_flow_nan_guard_names_step_and_checkpoint(tmp_path):
+def test_flow_nan_guard_names_step_and_what_to_do(tmp_path):
     config = tiny_config()
-    config.flow.source_std = 1e30
-    with pytest.raises(
-        FloatingPointError, match="flow loss became non-finite near step 30; last good checkpoint: step None"
-    ):
+    config.flow.learning_rate = 1e30
+    diverged = "flow loss became non-finite near step 30: the flow diverged. Lower flow.learning_rate and delete .*"
+    with pytest.raises(FloatingPointError, match=diverged + "flow_checkpoints"):
         pipeline.run(config, tmp_path / "work", progress=False)
 
 
@@ -217,6 +184,7 @@ def test_truncated_idx_file(workdir, tmp_path, monkeypatch):
         (folder / name).write_bytes(bytes([0, 0, 8, 1]) + (60000).to_bytes(4, "big") + bytes(10))
     config = tiny_config()
     config.data.update(name="mnist", dir=str(tmp_path / "data"), source="offline")
+    config.model.features = (16, 10)
     refused(
         workdir,
         ValueError,
@@ -240,7 +208,7 @@ def test_corrupt_jpeg_in_the_cifar_archive(workdir, tmp_path, monkeypatch):
 
 def test_workdir_of_an_older_format(workdir):
     (workdir / "workdir_format.json").unlink()
-    refused(workdir, WorkdirFormatMismatch, "made by another dwf_jax version .workdir format 1, this version reads 2")
+    refused(workdir, WorkdirFormatMismatch, "made by another dwf_jax version .workdir format 1, this version reads 3")
 
 
 def test_a_stage_is_not_recomputed_under_results_of_its_earlier_version(workdir):
@@ -250,11 +218,12 @@ def test_a_stage_is_not_recomputed_under_results_of_its_earlier_version(workdir)
 
 
 def test_copied_stages_need_the_same_zoo_settings_and_never_land_half(workdir, tmp_path, monkeypatch):
-    target = Workdir(tmp_path / "copy")
+    iris = load_dataset("iris")
     other = tiny_config()
     other.zoo.epochs = 11
     with pytest.raises(WorkdirConfigMismatch, match="zoo.epochs: 10 -> 11"):
-        target.copy_stages_from(Workdir(workdir), ("zoo", "canonical"), other)
+        pipeline.workdir_for(other, iris, tmp_path / "copy").copy_stages_from(Workdir(workdir), ("zoo", "canonical"))
+    target = pipeline.workdir_for(tiny_config(), iris, tmp_path / "copy")
     assert not target.done("zoo")
 
     copy_file, copied = shutil.copyfile, []
@@ -268,8 +237,8 @@ def test_copied_stages_need_the_same_zoo_settings_and_never_land_half(workdir, t
     with monkeypatch.context() as patch:
         patch.setattr(shutil, "copyfile", interrupted)
         with pytest.raises(OSError, match="disk gone"):
-            target.copy_stages_from(Workdir(workdir), ("zoo", "canonical"), tiny_config())
+            target.copy_stages_from(Workdir(workdir), ("zoo", "canonical"))
     assert not target.done("zoo")
-    target.copy_stages_from(Workdir(workdir), ("zoo", "canonical"), tiny_config())
+    target.copy_stages_from(Workdir(workdir), ("zoo", "canonical"))
     assert snapshot(target.path / "zoo") == snapshot(workdir / "zoo")
     assert (target.path / "zoo.f32").read_bytes() == (workdir / "zoo.f32").read_bytes()

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dwf_jax import permutations as perm
+from dwf_jax.canonical import align_models
 from dwf_jax.permutations import Axes
 from dwf_jax.permutations.builders import (
     batch_norm,
@@ -308,3 +309,47 @@ def test_max_iter_bounds_the_sweeps():
     assert not perm.weight_matching(jax.random.key(2), spec, a, b, max_iter=1).converged
     assert perm.weight_matching(jax.random.key(2), spec, a, b, max_iter=1).sweeps == 1
     assert perm.weight_matching(jax.random.key(2), spec, a, b, max_iter=2).sweeps == 2
+
+
+@pytest.mark.parametrize("tree", ["reference", "params"])
+def test_weight_matching_names_the_leaf_with_nan_or_inf(tree):
+    """A diverged model is named by tree and leaf path, not by scipy's 'invalid numeric entries'."""
+    spec, variables = _small_spec_and_params()
+    broken = jax.tree.map(np.array, variables)
+    broken["params"]["Dense_1"]["kernel"][[0, 1, 2], 0] = [np.nan, np.inf, -np.inf]
+    trees = {"reference": variables, "params": variables, tree: broken}
+    message = f"weight_matching: {tree}['params']['Dense_1']['kernel'] has 3 NaN/Inf entries"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        perm.weight_matching(jax.random.key(0), spec, trees["reference"], trees["params"])
+
+
+def test_weight_matching_rejects_max_iter_below_one():
+    spec, variables = _small_spec_and_params()
+    with pytest.raises(ValueError, match=re.escape("weight_matching: max_iter must be >= 1, got -1")):
+        perm.weight_matching(jax.random.key(0), spec, variables, variables, max_iter=-1)
+
+
+def test_align_models_passes_max_iter_through():
+    spec, variables = _small_spec_and_params()
+    with pytest.raises(ValueError, match="max_iter must be >= 1, got 0"):
+        list(align_models(jax.random.key(0), spec, variables, [variables, variables], reference_index=0, max_iter=0))
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        perm.validate,
+        lambda spec, variables: perm.weight_matching(jax.random.key(0), spec, variables, variables),
+        lambda spec, variables: perm.random_permutation(jax.random.key(0), spec, variables),
+    ],
+    ids=["validate", "weight_matching", "random_permutation"],
+)
+def test_group_on_two_axes_of_one_array_is_refused(entry):
+    """One group on both axes of a kernel makes matching a quadratic assignment, which it cannot solve."""
+    _, variables, _ = make_mlp((4, 16, 16, 3))
+    spec = mlp_permutation_spec(3)
+    spec["params"]["Dense_1"] = {"kernel": Axes("Dense_0", "Dense_0"), "bias": Axes("Dense_0")}
+    spec["params"]["Dense_2"]["kernel"] = Axes("Dense_0", None)
+    message = "spec at ['params']['Dense_1']['kernel'] uses group 'Dense_0' on axes 0 and 1"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        entry(spec, variables)

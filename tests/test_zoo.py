@@ -94,7 +94,7 @@ def test_sgd_is_momentum_sgd_with_decoupled_weight_decay_added_to_the_gradient()
 
 def test_checkpoints_every_k_epochs_and_at_the_end(tmp_path):
     data = load_dataset("iris")
-    manager = checkpoints.manager(tmp_path / "chunk", keep=10)
+    saves = checkpoints.TrainingCheckpoints(tmp_path / "chunk", settings={}, keep=10)
     zoo.train_models(
         MLP((4, 3)),
         zoo.make_optimizer("adam", 1e-2, 0.0),
@@ -105,8 +105,8 @@ def test_checkpoints_every_k_epochs_and_at_the_end(tmp_path):
         epochs=7,
         batch_size=64,
         inputs=input_pipeline("iris"),
-        manager=manager,
+        saves=saves,
         checkpoint_every=3,
         progress=False,
     )
-    assert sorted(manager.all_steps()) == [3, 6, 7]
+    assert saves.steps() == [3, 6, 7]

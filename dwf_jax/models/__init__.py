@@ -2,7 +2,14 @@
 
 from dwf_jax.models.cnn import SmallCNN
 from dwf_jax.models.mlp import INIT_SCHEMES, MLP
-from dwf_jax.models.registry import MODEL_FIELDS, MODEL_NAMES, build_model, model_config, permutation_spec
+from dwf_jax.models.registry import (
+    MODEL_FIELDS,
+    MODEL_NAMES,
+    build_model,
+    model_config,
+    output_width,
+    permutation_spec,
+)
 from dwf_jax.models.resnet import BasicBlock, ResNet, resnet18, resnet20
 from dwf_jax.models.specs import resnet_permutation_spec, smallcnn_permutation_spec
 
@@ -15,6 +22,7 @@ __all__ = [
     "MODEL_FIELDS",
     "build_model",
     "model_config",
+    "output_width",
     "permutation_spec",
     "MODEL_NAMES",
     "resnet18",

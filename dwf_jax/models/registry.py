@@ -46,6 +46,13 @@ def build_model(model_config: ml_collections.ConfigDict) -> nn.Module:
     raise ValueError(f"unknown model {model_config.name!r}; choose one of {list(MODEL_NAMES)}")
 
 
+def output_width(model_config: ml_collections.ConfigDict) -> int:
+    """How many classes the model predicts."""
+    if model_config.name == "mlp":
+        return model_config.features[-1]
+    return build_model(model_config).num_classes
+
+
 def permutation_spec(model_config: ml_collections.ConfigDict) -> Any:
     """The spec whose groups are the model's hidden units (see dwf_jax.permutations)."""
     if model_config.name == "mlp":

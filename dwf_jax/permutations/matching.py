@@ -16,7 +16,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from .apply import check_perms, permute_array
-from .spec import Axes, align
+from .spec import Aligned, Axes, align
 
 
 class MatchResult(NamedTuple):
@@ -63,6 +63,14 @@ def _similarity(terms: list[_Term], arrays: dict[int, np.ndarray], axes: list[Ax
     return sim
 
 
+def _check_finite(name: str, aligned: Aligned) -> None:
+    """Raise naming the first leaf with NaN/Inf (scipy's own error names no leaf)."""
+    for path, leaf in zip(aligned.paths, aligned.leaves, strict=True):
+        bad = np.size(leaf) - np.count_nonzero(np.isfinite(leaf))
+        if bad:
+            raise ValueError(f"weight_matching: {name}{path} has {bad} NaN/Inf entries")
+
+
 def weight_matching(
     key: jax.Array,
     spec: Any,
@@ -78,16 +86,19 @@ def weight_matching(
     subkey per sweep) and replaces a group's permutation by the optimal
     assignment only if that raises its similarity by more than
     `tol * max(|old|, 1)`, so the objective never decreases. Stops after a
-    sweep with no improvement or after `max_iter` sweeps. Leaves without
-    permuted axes are constant under permutation and are skipped. A group
-    used on several axes of one leaf is updated by the usual linearisation
-    (its other axes held at the current permutation), for which the
-    no-decrease guarantee is only approximate.
+    sweep with no improvement or after `max_iter` sweeps (at least 1).
+    Leaves without permuted axes are constant under permutation and are skipped.
 
-    All work happens on host in float64; the arrays are converted once.
+    All work happens on host in float64; the arrays are converted once. Every
+    leaf of both trees must be finite, checked up front so that a diverged
+    model is named by its leaf path rather than failing inside scipy's solver.
     """
+    if max_iter < 1:
+        raise ValueError(f"weight_matching: max_iter must be >= 1, got {max_iter}")
     ref_aligned = align(spec, reference)
     aligned = align(spec, params)
+    _check_finite("reference", ref_aligned)
+    _check_finite("params", aligned)
     ref_by_path = dict(zip(ref_aligned.paths, ref_aligned.leaves, strict=False))
     sizes = aligned.group_sizes()
     if init_perms is None:

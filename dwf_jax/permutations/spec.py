@@ -87,8 +87,12 @@ def align(spec: Any, params: Any) -> Aligned:
     """Validate `spec` against `params` and pair every params leaf with its `Axes`.
 
     Raises one `ValueError` naming the offending key path(s) when the
-    structures differ, an `Axes` length differs from the array's ndim, or one
-    group is used on axes of different sizes.
+    structures differ, an `Axes` length differs from the array's ndim, one
+    group is used on axes of different sizes, or one group permutes two axes
+    of the same array. The last is refused because weight matching cannot
+    handle it: that group's objective is then quadratic in its permutation, not
+    a linear assignment, and the matcher's linearised updates oscillate and
+    can end worse than not permuting at all.
     """
     spec_pairs, _ = jax.tree_util.tree_flatten_with_path(spec)
     by_path = {keystr(path): axes for path, axes in spec_pairs}
@@ -110,7 +114,14 @@ def align(spec: Any, params: Any) -> Aligned:
             raise ValueError(
                 f"spec at {path} has {len(axes)} axes {axes} but the array has ndim {len(shape)} (shape {shape})"
             )
+        axis_of: dict[str, int] = {}
         for axis, group in axes.permuted():
+            if group in axis_of:
+                raise ValueError(
+                    f"spec at {path} uses group {group!r} on axes {axis_of[group]} and {axis}: "
+                    "a group may permute at most one axis of each array (weight matching cannot align it otherwise)"
+                )
+            axis_of[group] = axis
             first = seen.setdefault(group, (path, axis, shape[axis]))
             if first[2] != shape[axis]:
                 raise ValueError(

@@ -1,0 +1,70 @@
+"""The config keys each stage's result depends on.
+
+A finished stage records its settings (these keys' values, and a fingerprint
+of the data it saw) in its manifest. A later run may change any key that no
+finished stage depends on, so a bad flow setting is fixed without retraining
+the zoo; a changed key some finished stage depends on is refused by name.
+"""
+
+from typing import Any
+
+import ml_collections
+
+from dwf_jax.config import base_config, config_as_dict, flatten
+
+Settings = dict[str, Any]
+ZOO_KEYS = ("seed", "data", "model", "zoo")
+CANONICAL_KEYS = (*ZOO_KEYS, "canonical")
+_SAMPLE_KEYS = (*CANONICAL_KEYS, "pca", "flow", "sample")
+# Prefixes of the keys each stage's result depends on, those of the stages it is computed from included.
+STAGE_KEYS = {
+    "zoo": ZOO_KEYS,
+    "canonical": CANONICAL_KEYS,
+    "pca": (*CANONICAL_KEYS, "pca"),
+    "flow": (*CANONICAL_KEYS, "pca", "flow"),
+    "samples": _SAMPLE_KEYS,
+    "eval_generated": _SAMPLE_KEYS,
+    "bn_stats": (*_SAMPLE_KEYS, "bn"),
+    "eval_recalibrated": (*_SAMPLE_KEYS, "bn"),
+}
+# Keys that change where data comes from or how a stage runs, never its result.
+RESULT_FREE_KEYS = (
+    "data.dir",
+    "data.source",
+    "zoo.models_per_chunk",
+    "zoo.checkpoint_every",
+    "zoo.scan_steps",
+    "zoo.on_disk",
+    "flow.steps_per_dispatch",
+    "flow.checkpoint_every",
+)
+DATA_FINGERPRINT = "data.fingerprint"
+
+
+def _under(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == prefix or key.startswith(prefix + ".") for prefix in prefixes)
+
+
+def stage_settings(config: ml_collections.ConfigDict, data_fingerprint: str) -> dict[str, Settings]:
+    """Per stage, the values of the keys its result depends on (the data's fingerprint in place of its path)."""
+    flat = {key: value for key, value in flatten(config_as_dict(config)).items() if key not in RESULT_FREE_KEYS}
+    flat[DATA_FINGERPRINT] = data_fingerprint
+    return {
+        stage: {key: value for key, value in flat.items() if _under(key, prefixes)}
+        for stage, prefixes in STAGE_KEYS.items()
+    }
+
+
+def differences(recorded: Settings, now: Settings, ignore: tuple[str, ...] = ()) -> list[str]:
+    """`key: recorded -> now` for each key that differs, less `ignore`.
+
+    A key one side lacks counts as its base_config default: stages made before a
+    key existed stay usable while the new key keeps its default.
+    """
+    defaults = flatten(config_as_dict(base_config()))
+    keys = sorted(key for key in recorded.keys() | now.keys() if key not in ignore)
+    return [
+        f"{key}: {recorded.get(key)!r} -> {now.get(key)!r}"
+        for key in keys
+        if recorded.get(key, defaults.get(key)) != now.get(key, defaults.get(key))
+    ]

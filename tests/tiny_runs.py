@@ -1,0 +1,33 @@
+"""A tiny Iris run (seconds on a CPU) and the checks that a refused run left its workdir untouched."""
+
+import hashlib
+import pathlib
+
+import pytest
+
+import configs.iris_mlp as iris_config
+from dwf_jax import pipeline
+
+
+def tiny_config():
+    config = iris_config.get_config()
+    config.zoo.update(num_models=4, epochs=10, checkpoint_every=5)
+    config.flow.update(iterations=60, hidden=16, steps_per_dispatch=30, checkpoint_every=30, batch_size=2)
+    config.sample.update(num_samples=3, steps=4)
+    return config
+
+
+def snapshot(folder: pathlib.Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def refused(workdir: pathlib.Path, error: type, match: str, run=None) -> None:
+    """`run` (default: the tiny pipeline) raises `error` matching `match`, and no file in `workdir` changed."""
+    before = snapshot(workdir) if workdir.exists() else {}
+    with pytest.raises(error, match=match):
+        (run or (lambda: pipeline.run(tiny_config(), workdir, progress=False)))()
+    assert (snapshot(workdir) if workdir.exists() else {}) == before
