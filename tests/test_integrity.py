@@ -12,7 +12,7 @@ from tiny_runs import refused, tiny_config
 from dwf_jax import pipeline, report, stages
 from dwf_jax.checkpoints import MANIFEST_FILE, CheckpointError, CheckpointSettingsMismatch, restore_tree
 from dwf_jax.data import load_dataset
-from dwf_jax.workdir import REPORT_FILE, StageDamaged
+from dwf_jax.workdir import REPORT_FILE, StageDamaged, Workdir
 
 
 def flip_bytes(path: pathlib.Path, count: int = 64) -> None:
@@ -119,3 +119,10 @@ def test_figure_and_report_are_written_whole_or_not_at_all(workdir, monkeypatch)
     assert (workdir / "accuracy.png").read_bytes() == figure
     assert (workdir / REPORT_FILE).read_bytes() == report_json
     assert not list(workdir.glob(".*.tmp"))
+
+
+def test_the_first_stage_written_marks_the_workdir_format(tmp_path):
+    """Stages written outside pipeline.run (experiments growing a zoo) still make a workdir runs can check."""
+    settings = {"eval_generated": {"seed": 0}}
+    Workdir(tmp_path, settings).run("eval_generated", lambda: {"accuracy": np.ones(2)})
+    Workdir(tmp_path, settings).check()
