@@ -6,6 +6,7 @@ matrix) is added, and the folder is renamed into place: a folder that exists
 is complete, and any byte changed since is detected by `verify`.
 """
 
+import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -160,17 +161,32 @@ class TrainingCheckpoints:
 
     A damaged newest state is skipped for the one before it, so a file broken by
     a crash or a bad disk costs a few steps, not the whole run. A state saved
-    under other settings is never resumed.
+    under other settings is never resumed. Saves are written by a background
+    thread while training goes on (one at a time); `wait` joins the last one.
     """
 
     def __init__(self, directory: pathlib.Path, settings: Mapping[str, Any], keep: int = 2):
         self.directory, self.settings, self.keep = directory, dict(settings), keep
+        self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._pending: concurrent.futures.Future | None = None
 
     def steps(self) -> list[int]:
         found = self.directory.glob("*") if self.directory.is_dir() else ()
         return sorted(int(path.name) for path in found if path.name.isdigit())
 
     def save(self, step: int, state: PyTree) -> None:
+        """Start writing `state`: a host copy, so training may overwrite (or donate) its arrays meanwhile."""
+        host = jax.tree.map(np.array, state)
+        self.wait()
+        self._pending = self._writer.submit(self._write, step, host)
+
+    def wait(self) -> None:
+        """Block until the last save is on disk, raising its error if it failed."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def _write(self, step: int, state: PyTree) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         save_tree(self.directory / str(step), state, settings=self.settings)
         for old in self.steps()[: -self.keep]:
@@ -178,6 +194,7 @@ class TrainingCheckpoints:
 
     def restore_latest(self, target: PyTree) -> tuple[int, PyTree] | None:
         """(step, state) of the newest state that verifies and restores; None if there is none yet."""
+        self.wait()
         steps = self.steps()
         for step in reversed(steps):
             try:

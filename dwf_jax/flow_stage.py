@@ -67,6 +67,7 @@ def train_flow_stage(
         bar.update(num_steps)
         bar.set_postfix(loss=f"{float(jnp.mean(chunk_losses)):.3e}")
     bar.close()
+    saves.wait()
     steps_run = f.iterations - start_step
     logging.info(
         "flow: %d steps in this run, %.2f ms/step", steps_run, 1e3 * (time.perf_counter() - start) / max(1, steps_run)

@@ -4,6 +4,7 @@ Kept short on purpose (as in flax/examples): the work lives in
 `dwf_jax.pipeline`, which can be imported and tested.
 """
 
+import os
 import pathlib
 import re
 import sys
@@ -129,9 +130,18 @@ def loaded_config() -> ml_collections.ConfigDict:
     return config
 
 
+def use_deterministic_gpu_ops() -> None:
+    """Same config and seed, same numbers on a GPU too: XLA otherwise picks kernels (atomics, autotuned
+    convolutions) whose results vary from run to run. Takes effect before the first computation."""
+    flags_now = os.environ.get("XLA_FLAGS", "")
+    if "xla_gpu_deterministic_ops" not in flags_now:
+        os.environ["XLA_FLAGS"] = f"{flags_now} --xla_gpu_deterministic_ops=true".strip()
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    use_deterministic_gpu_ops()
     config_name = pathlib.Path(FLAGS["config"].config_filename).stem
     workdir = pathlib.Path(FLAGS.workdir or f"workdirs/{config_name}")
     try:

@@ -182,6 +182,8 @@ def train_models(
         if progress:
             bar.set_postfix(epoch=epoch + 1, loss=f"{float(jnp.mean(state['losses'])):.4f}")
     bar.close()
+    if saves is not None:
+        saves.wait()
     return state["variables"], np.asarray(state["losses"])
 
 

@@ -16,8 +16,8 @@ timed() {  # timed NAME LIMIT COMMAND...: wall seconds of COMMAND into $out/timi
   echo "$name: exit $? in $((SECONDS - start)) s" | tee -a "$out/timings.txt"
   tail -12 "$out/$name.log"
 }
-timed iris 120 python3 -m dwf_jax.main --config=configs/iris_mlp.py --workdir="$out/work/iris" --noprogress
-timed mnist 220 python3 -m dwf_jax.main --config=configs/mnist_mlp.py --config.data.dir="$data" --workdir="$out/work/mnist" --noprogress
+timed iris 60 python3 -m dwf_jax.main --config=configs/iris_mlp.py --workdir="$out/work/iris" --noprogress
+timed mnist 120 python3 -m dwf_jax.main --config=configs/mnist_mlp.py --config.data.dir="$data" --workdir="$out/work/mnist" --noprogress
 for run in iris mnist; do cp "$out/work/$run/report.json" "$out/${run}_report.json"; done
 rm -rf "$out/work"  # stage files need not travel back
-timed pytest 230 python3 -m pytest -q -x -p no:cacheprovider --durations=15
+timed pytest 380 python3 -m pytest -q -x -p no:cacheprovider --durations=15

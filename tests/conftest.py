@@ -2,7 +2,9 @@
 
 GPUs multiply float32 in TF32 by default (about 1e-3 relative error), which is
 right for training but hides what the tests check: functional equivalence after
-permutation to 1e-5, streamed and in-memory results equal to 1e-5.
+permutation to 1e-5, streamed and in-memory results equal to 1e-5. And GPU
+kernels are made deterministic, as the command line makes them: tests compare
+runs bitwise.
 """
 
 import shutil
@@ -12,8 +14,10 @@ import pytest
 from tiny_runs import tiny_config
 
 from dwf_jax import pipeline
+from dwf_jax.main import use_deterministic_gpu_ops
 
 jax.config.update("jax_default_matmul_precision", "highest")
+use_deterministic_gpu_ops()
 
 
 @pytest.fixture(scope="module")
