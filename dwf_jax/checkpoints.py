@@ -6,7 +6,6 @@ matrix) is added, and the folder is renamed into place: a folder that exists
 is complete, and any byte changed since is detected by `verify`.
 """
 
-import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -98,13 +97,25 @@ def save_tree(
 
     A crash at any moment leaves no folder at `path`, only a `.partial` one that the next save replaces.
     """
+    checkpointer = _start_save(path, tree)
+    checkpointer.wait_until_finished()
+    _seal(path, beside, record)
+
+
+def _start_save(path: pathlib.Path, tree: PyTree) -> ocp.StandardCheckpointer:
+    """Start orbax writing `tree` into `<path>.partial`; it goes on in the background until waited for."""
     check_free_space(path.parent, tree)
     partial = path.with_name(path.name + PARTIAL_SUFFIX)
     shutil.rmtree(partial, ignore_errors=True)
+    checkpointer = ocp.StandardCheckpointer()
     with _ctrl_c_after():
-        checkpointer = ocp.StandardCheckpointer()
         checkpointer.save(partial.absolute(), tree)
-        checkpointer.wait_until_finished()
+    return checkpointer
+
+
+def _seal(path: pathlib.Path, beside: Mapping[str, pathlib.Path] | None, record: dict) -> None:
+    """Add the manifest to the finished `<path>.partial` and rename it to `path`."""
+    partial = path.with_name(path.name + PARTIAL_SUFFIX)
     manifest = {
         "files": _digests(partial),
         "beside": {name: file_digest(file) for name, file in (beside or {}).items()},
@@ -161,34 +172,31 @@ class TrainingCheckpoints:
 
     A damaged newest state is skipped for the one before it, so a file broken by
     a crash or a bad disk costs a few steps, not the whole run. A state saved
-    under other settings is never resumed. Saves are written by a background
-    thread while training goes on (one at a time); `wait` joins the last one.
+    under other settings is never resumed. orbax writes each save in the
+    background while training goes on; the next save or `wait` seals it.
     """
 
     def __init__(self, directory: pathlib.Path, settings: Mapping[str, Any], keep: int = 2):
         self.directory, self.settings, self.keep = directory, dict(settings), keep
-        self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
-        self._pending: concurrent.futures.Future | None = None
+        self._pending: tuple[int, ocp.StandardCheckpointer] | None = None
 
     def steps(self) -> list[int]:
         found = self.directory.glob("*") if self.directory.is_dir() else ()
         return sorted(int(path.name) for path in found if path.name.isdigit())
 
     def save(self, step: int, state: PyTree) -> None:
-        """Start writing `state`: a host copy, so training may overwrite (or donate) its arrays meanwhile."""
-        host = jax.tree.map(np.array, state)
+        """Start writing a host copy of `state`, so training may overwrite (or donate) its arrays meanwhile."""
         self.wait()
-        self._pending = self._writer.submit(self._write, step, host)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._pending = step, _start_save(self.directory / str(step), jax.tree.map(np.array, state))
 
     def wait(self) -> None:
-        """Block until the last save is on disk, raising its error if it failed."""
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
-
-    def _write(self, step: int, state: PyTree) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        save_tree(self.directory / str(step), state, settings=self.settings)
+        """Block until the last save is on disk and sealed, then drop states beyond the newest `keep`."""
+        if self._pending is None:
+            return
+        (step, checkpointer), self._pending = self._pending, None
+        checkpointer.wait_until_finished()
+        _seal(self.directory / str(step), None, {"settings": self.settings})
         for old in self.steps()[: -self.keep]:
             shutil.rmtree(self.directory / str(old))
 
