@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dwf_jax.diversity import Geometry, geometry
 from dwf_jax.ensemble import map_models
 from dwf_jax.zoo_store import MemoryZoo, ZooStore, map_column_blocks, stacked_columns
 
@@ -55,6 +56,37 @@ def ensemble_accuracy(
     return 100.0 * total / len(x)
 
 
+@partial(jax.jit, static_argnames=("model", "transform", "models_per_vmap"))
+def _predictions_in_batch(
+    stacked_variables: PyTree, x: jax.Array, *, model: nn.Module, transform: Callable, models_per_vmap: int
+) -> tuple[jax.Array, jax.Array]:
+    """Every model's predicted class per example, and its predicted probabilities summed over the batch."""
+    inputs = transform(x)
+    logits = map_models(
+        lambda variables: model.apply(variables, inputs, train=False), stacked_variables, models_per_vmap
+    )
+    return jnp.argmax(logits, axis=-1), jnp.sum(jax.nn.softmax(logits, axis=-1), axis=1)
+
+
+def ensemble_predictions(
+    model: nn.Module,
+    stacked_variables: PyTree,
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int = 2000,
+    transform: Callable[[jax.Array], jax.Array] = lambda images: images,
+    models_per_vmap: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(M, n) which test examples each model gets wrong, and (M, C) its mean predicted class probabilities."""
+    predict = partial(_predictions_in_batch, model=model, transform=transform, models_per_vmap=models_per_vmap)
+    labels, probabilities = [], 0.0
+    for start in range(0, len(x), batch_size):
+        batch_labels, batch_probabilities = predict(stacked_variables, x[start : start + batch_size])
+        labels.append(np.asarray(batch_labels))
+        probabilities = probabilities + np.asarray(batch_probabilities, np.float64)
+    return np.concatenate(labels, axis=1) != np.asarray(y)[None, :], probabilities / len(x)
+
+
 def summary(values: np.ndarray) -> dict[str, float]:
     values = np.asarray(values, dtype=np.float64)
     return {
@@ -97,6 +129,7 @@ class Distances(NamedTuple):
     to_reference_after: np.ndarray  # (N,) canonical models to the canonical reference model
     generated_to_canonical: np.ndarray  # (M, N)
     canonical_to_canonical: np.ndarray  # (N, N)
+    among_all: Geometry  # (N + M, N + M) distances and cosines, canonical models first
 
 
 def zoo_distances(
@@ -105,13 +138,14 @@ def zoo_distances(
     """The report's distances, streamed over column blocks of the three stores."""
     num_models = canonical.num_models
     before = distances_to(MemoryZoo(original.read(reference)[None]), original, block)
-    together = distances_to(canonical, generated, block)
+    among_all = geometry(canonical, generated, block)
     return Distances(
         num_params=canonical.dim,
         to_reference_before=before[1:, 0],
-        to_reference_after=together[:num_models, reference],
-        generated_to_canonical=together[num_models:],
-        canonical_to_canonical=together[:num_models],
+        to_reference_after=among_all.distance[:num_models, reference],
+        generated_to_canonical=among_all.distance[num_models:, :num_models],
+        canonical_to_canonical=among_all.distance[:num_models, :num_models],
+        among_all=among_all,
     )
 
 

@@ -125,11 +125,20 @@ def run_stages(config: ml_collections.ConfigDict, dataset: Dataset, work: Workdi
             "eval_generated", lambda: stages.store_accuracy(evaluate, generated, flattener, group)
         )
     }
+    statistics = None
     if "batch_stats" in template and config.bn.recalibrate:
         statistics = work.run("bn_stats", lambda: stages.recalibrate(config, dataset, generated, flattener))
         accuracy["bn_recalibrated"] = work.accuracy(
             "eval_recalibrated", lambda: stages.store_accuracy(evaluate, generated, flattener, group, statistics)
         )
+    predict = stages.predictor(config, dataset)
+    evidence = work.run(
+        "diversity",
+        lambda: {
+            "original": stages.store_evidence(predict, original, canonical, flattener, group),
+            "generated": stages.store_evidence(predict, generated, generated, flattener, group, statistics),
+        },
+    )
     work.running = "report"
     result = report.build_report(
         config=config,
@@ -138,6 +147,7 @@ def run_stages(config: ml_collections.ConfigDict, dataset: Dataset, work: Workdi
         canonical_accuracy=canonical_stage["test_accuracy"],
         distances=zoo_distances(config.canonical.reference, original, canonical, generated, stages.block_size(config)),
         generated_accuracy=accuracy,
+        evidence=evidence,
         flow=flow,
         weight_space=space.description,
         timings=work.timings,

@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 from matplotlib.figure import Figure
 
-from dwf_jax import checkpoints, flow
+from dwf_jax import checkpoints, diversity, flow
 from dwf_jax.data import Dataset
 from dwf_jax.evaluate import Distances, novelty, summary
 
@@ -20,6 +20,7 @@ def build_report(
     canonical_accuracy: np.ndarray,
     distances: Distances,
     generated_accuracy: dict[str, np.ndarray],
+    evidence: dict[str, dict[str, np.ndarray]],
     flow: dict[str, Any],
     weight_space: str,
     timings: dict[str, float],
@@ -65,7 +66,19 @@ def build_report(
             "nfe": flow_nfe(config),
             "novelty": novelty(distances.generated_to_canonical, distances.canonical_to_canonical),
         },
+        "diversity": diversity_section(evidence, distances),
         "timings": {name: round(seconds, 3) for name, seconds in timings.items()},
+    }
+
+
+def diversity_section(evidence: dict[str, dict[str, np.ndarray]], distances: Distances) -> dict:
+    """Per metric and direction (Table 17), the spread of every model's value against its nearest other model."""
+    per_model = diversity.per_model(
+        diversity.Evidence(**evidence["original"]), diversity.Evidence(**evidence["generated"]), distances.among_all
+    )
+    return {
+        metric: {direction: summary(values) for direction, values in directions.items()}
+        for metric, directions in per_model.items()
     }
 
 
@@ -119,6 +132,12 @@ def format_summary(result: dict) -> str:
         "  novelty: generated -> nearest original {:.3f} (mean), originals -> nearest other {:.3f} (mean)".format(
             novelty_stats["generated_to_nearest_original"]["mean"],
             novelty_stats["original_to_nearest_other_original"]["mean"],
+        )
+    )
+    shared = result["diversity"]["max_iou_of_errors"]
+    lines.append(
+        "  shared errors (max IoU): generated -> originals {:.3f}, originals -> other originals {:.3f} (mean)".format(
+            shared["generated_to_original"]["mean"], shared["original_to_original"]["mean"]
         )
     )
     lines.append("  timings (s): " + ", ".join(f"{name} {seconds:.1f}" for name, seconds in result["timings"].items()))

@@ -26,6 +26,7 @@ STAGE_KEYS = {
     "eval_generated": _SAMPLE_KEYS,
     "bn_stats": (*_SAMPLE_KEYS, "bn"),
     "eval_recalibrated": (*_SAMPLE_KEYS, "bn"),
+    "diversity": (*_SAMPLE_KEYS, "bn"),
 }
 # Keys that change where data comes from or how a stage runs, never its result.
 RESULT_FREE_KEYS = (

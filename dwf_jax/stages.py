@@ -20,7 +20,8 @@ from dwf_jax.augment import input_pipeline
 from dwf_jax.canonical import align_models
 from dwf_jax.config import pca_components
 from dwf_jax.data import Dataset
-from dwf_jax.evaluate import ensemble_accuracy
+from dwf_jax.diversity import weight_quantiles
+from dwf_jax.evaluate import ensemble_accuracy, ensemble_predictions
 from dwf_jax.models import build_model, permutation_spec
 from dwf_jax.workdir import Workdir
 from dwf_jax.zoo_store import Flattener, ZooStore, check_finite, concatenate, write_rows
@@ -62,17 +63,51 @@ def open_stage(
     return work.open_matrix(stage, rows, flattener.dim, in_memory=not config.zoo.on_disk)
 
 
-def store_accuracy(
-    evaluate: Evaluator, store: ZooStore, flattener: Flattener, group: int, statistics: PyTree = None
-) -> np.ndarray:
-    """Test accuracy of every model of a store, `group` models at a time; `statistics` replaces their batch_stats."""
-    parts = []
+def predictor(config: ml_collections.ConfigDict, dataset: Dataset) -> Callable[[PyTree], tuple]:
+    """Which test examples every model of a stacked zoo gets wrong, and its mean predicted class probabilities."""
+    return partial(
+        ensemble_predictions,
+        build_model(config.model),
+        x=dataset.x_test,
+        y=dataset.y_test,
+        batch_size=config.eval.batch_size,
+        transform=input_pipeline(dataset.name, config.data.augment).eval,
+        models_per_vmap=config.models_per_vmap,
+    )
+
+
+def _stacked_groups(store: ZooStore, flattener: Flattener, group: int, statistics: PyTree) -> Iterator[PyTree]:
+    """A store's models as stacked variables, `group` at a time; `statistics` replaces their batch_stats."""
     for number, variables in enumerate(flattener.stacked_groups(store, group)):
         if statistics is not None:
             rows = slice(number * group, (number + 1) * group)
             variables = {**variables, **jax.tree.map(lambda leaf, rows=rows: leaf[rows], statistics)}
-        parts.append(evaluate(variables))
-    return np.concatenate(parts)
+        yield variables
+
+
+def store_accuracy(
+    evaluate: Evaluator, store: ZooStore, flattener: Flattener, group: int, statistics: PyTree = None
+) -> np.ndarray:
+    """Test accuracy of every model of a store, `group` models at a time; `statistics` replaces their batch_stats."""
+    return np.concatenate([evaluate(variables) for variables in _stacked_groups(store, flattener, group, statistics)])
+
+
+def store_evidence(
+    predict: Callable[[PyTree], tuple],
+    store: ZooStore,
+    weights: ZooStore,
+    flattener: Flattener,
+    group: int,
+    statistics: PyTree = None,
+) -> dict:
+    """What the diversity metrics read of an ensemble: its errors and predicted classes, and the quantiles of
+    `weights` (the same models, canonicalized for the originals)."""
+    parts = [predict(variables) for variables in _stacked_groups(store, flattener, group, statistics)]
+    return {
+        "wrong": np.concatenate([wrong for wrong, _ in parts]),
+        "class_distribution": np.concatenate([distribution for _, distribution in parts]),
+        "quantiles": weight_quantiles(weights),
+    }
 
 
 def train_chunks(

@@ -49,6 +49,7 @@ UPSTREAM = {
     "eval_generated": ("samples",),
     "bn_stats": ("samples",),
     "eval_recalibrated": ("bn_stats",),
+    "diversity": ("samples", "bn_stats"),
 }
 # Names of files an interrupted write leaves behind (ours, and orbax's temporary folders).
 LEFTOVER_PATTERNS = (f"*{PARTIAL_SUFFIX}", ".*.tmp", "*.orbax-checkpoint-tmp-*")

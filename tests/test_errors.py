@@ -162,7 +162,7 @@ def test_workdir_that_cannot_be_written(tmp_path):
 
 
 def test_full_disk(workdir, monkeypatch):
-    for stage in ("samples", "eval_generated"):
+    for stage in ("samples", "eval_generated", "diversity"):
         shutil.rmtree(workdir / stage)
     monkeypatch.setattr(checkpoints.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(1 << 40, 1 << 40, 1024))
     refused(workdir, NotEnoughSpace, "not enough free space .* 0 MiB are free. Free some space and rerun")
@@ -213,7 +213,7 @@ def test_workdir_of_an_older_format(workdir):
 
 def test_a_stage_is_not_recomputed_under_results_of_its_earlier_version(workdir):
     shutil.rmtree(workdir / "canonical")
-    stale = "flow, samples, eval_generated, flow_checkpoints"
+    stale = "flow, samples, eval_generated, diversity, flow_checkpoints"
     refused(workdir, CheckpointError, rf"canonical is missing while results computed from it remain in .* \({stale}\)")
 
 

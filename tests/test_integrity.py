@@ -89,7 +89,7 @@ def test_zoo_checkpoints_of_other_settings_are_never_resumed(tmp_path):
 def test_damaged_newest_flow_checkpoint_resumes_from_the_one_before(workdir, caplog):
     caplog.set_level(logging.INFO)
     flow_before = restore_tree(workdir / "flow")
-    for stage in ("flow", "samples", "eval_generated"):
+    for stage in ("flow", "samples", "eval_generated", "diversity"):
         shutil.rmtree(workdir / stage)
     assert sorted(p.name for p in (workdir / "flow_checkpoints").iterdir()) == ["30", "60"]
     largest_file(workdir / "flow_checkpoints" / "60").write_bytes(b"truncated")

@@ -7,6 +7,9 @@ import jax
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
+from scipy.spatial.distance import jensenshannon
+from scipy.special import softmax
+from scipy.stats import wasserstein_distance
 
 import configs.iris_mlp as iris_config
 from dwf_jax import pipeline, report
@@ -44,7 +47,7 @@ def test_report_schema(finished_run):
         "generated_to_nearest_original",
         "original_to_nearest_other_original",
     }
-    assert set(written["timings"]) == {"zoo", "canonical", "flow", "samples", "eval_generated"}
+    assert set(written["timings"]) == {"zoo", "canonical", "flow", "samples", "eval_generated", "diversity"}
     assert (workdir / "accuracy.png").stat().st_size > 0
 
 
@@ -76,14 +79,67 @@ def test_workdir_of_another_config_is_refused(finished_run):
     assert sorted((p.name, p.stat().st_mtime_ns) for p in pathlib.Path(workdir).iterdir()) == before
 
 
-def _independent_accuracy(workdir, matrix_file, num_models):
-    """Test-split accuracy of every model of a matrix file, computed here without the pipeline's helpers."""
+def _independent_logits(workdir, matrix_file, num_models):
+    """Test-split logits of every model of a matrix file, computed here without the pipeline's helpers."""
     data = load_dataset("iris")
     rows = np.fromfile(workdir / matrix_file, np.float32).reshape(num_models, -1)
     model = MLP((16, 3))
     unravel = ravel_pytree(model.init(jax.random.key(0), data.x_test[:1]))[1]
-    logits = np.stack([np.asarray(model.apply(unravel(row), data.x_test)) for row in rows])
-    return 100.0 * np.mean(np.argmax(logits, -1) == data.y_test[None], axis=1)
+    return np.stack([np.asarray(model.apply(unravel(row), data.x_test)) for row in rows])
+
+
+def _independent_accuracy(workdir, matrix_file, num_models):
+    logits = _independent_logits(workdir, matrix_file, num_models)
+    return 100.0 * np.mean(np.argmax(logits, -1) == load_dataset("iris").y_test[None], axis=1)
+
+
+def _nearest(matrix, same_set, largest):
+    matrix = np.array(matrix, float)
+    if same_set:
+        np.fill_diagonal(matrix, -np.inf if largest else np.inf)
+    return (matrix.max(axis=1) if largest else matrix.min(axis=1)).mean()
+
+
+def test_diversity_fields_equal_an_independent_computation(finished_run):
+    """Every Table 17 cell of the report, recomputed with numpy and scipy from the matrix files."""
+    workdir, result = finished_run
+    labels = load_dataset("iris").y_test
+    logits = {
+        "original": _independent_logits(workdir, "zoo.f32", 6),
+        "generated": _independent_logits(workdir, "generated.f32", 5),
+    }
+    wrong = {name: (np.argmax(values, -1) != labels[None]).astype(float) for name, values in logits.items()}
+    classes = {name: np.mean(softmax(values, axis=-1), axis=1) for name, values in logits.items()}
+    files = {"original": "canonical.f32", "generated": "generated.f32"}
+    weights = {name: np.fromfile(workdir / file, np.float32).reshape(-1, 131) for name, file in files.items()}
+    unit = {name: rows / np.linalg.norm(rows, axis=1, keepdims=True) for name, rows in weights.items()}
+
+    def pairwise(function, first, second):
+        return [[function(p, q) for q in second] for p in first]
+
+    directions = {
+        "original_to_original": ("original", "original"),
+        "original_to_generated": ("original", "generated"),
+        "generated_to_original": ("generated", "original"),
+        "generated_to_generated": ("generated", "generated"),
+    }
+    for direction, (source, target) in directions.items():
+        same = source == target
+        both = wrong[source] @ wrong[target].T
+        either = wrong[source].sum(1)[:, None] + wrong[target].sum(1)[None] - both
+        iou = np.where(either > 0, both / np.maximum(either, 1), 1.0)
+        divergence = pairwise(lambda p, q: jensenshannon(p, q, base=2) ** 2, classes[source], classes[target])
+        distance = np.linalg.norm(weights[source][:, None] - weights[target][None], axis=-1)
+        expected = {
+            "max_iou_of_errors": _nearest(iou, same, True),
+            "min_jensen_shannon": _nearest(divergence, same, False),
+            "min_wasserstein": _nearest(pairwise(wasserstein_distance, weights[source], weights[target]), same, False),
+            "nearest_l2": _nearest(distance, same, False),
+            "max_cosine": _nearest(unit[source] @ unit[target].T, same, True),
+        }
+        for metric, value in expected.items():
+            reported = result["diversity"][metric][direction]["mean"]
+            assert reported == pytest.approx(value, rel=1e-4, abs=1e-6), (metric, direction)
 
 
 def test_report_fields_equal_the_stage_contents_they_summarize(finished_run):

@@ -18,8 +18,18 @@ from dwf_jax.zoo_store import MemoryZoo, write_rows
 from experiments import stage_readers
 
 STAGES = {
-    "mlp": ("zoo", "canonical", "pca", "flow", "samples", "eval_generated"),
-    "cnn": ("zoo", "canonical", "pca", "flow", "samples", "eval_generated", "bn_stats", "eval_recalibrated"),
+    "mlp": ("zoo", "canonical", "pca", "flow", "samples", "eval_generated", "diversity"),
+    "cnn": (
+        "zoo",
+        "canonical",
+        "pca",
+        "flow",
+        "samples",
+        "eval_generated",
+        "bn_stats",
+        "eval_recalibrated",
+        "diversity",
+    ),
 }
 
 
@@ -204,3 +214,14 @@ def test_stage_without_its_file_names_the_file(runs):
             pipeline.run(_config(case, data_dir, True), workdir, progress=False)
     finally:
         (workdir / "moved.f32").rename(workdir / "generated.f32")
+
+
+def test_diversity_evidence_is_that_of_the_evaluated_models(runs):
+    """The errors the metrics compare are those behind the reported accuracies (recalibrated BatchNorm included)."""
+    case, _, workdirs, _, _ = runs
+    evidence = restore_tree(workdirs[True] / "diversity")
+    evaluated = "eval_recalibrated" if case == "cnn" else "eval_generated"
+    for group, stage, key in (("original", "zoo", "test_accuracy"), ("generated", evaluated, "accuracy")):
+        accuracy = 100.0 * (1.0 - evidence[group]["wrong"].mean(axis=1))
+        np.testing.assert_allclose(accuracy, restore_tree(workdirs[True] / stage)[key], atol=1e-4, err_msg=group)
+        np.testing.assert_allclose(evidence[group]["class_distribution"].sum(axis=1), 1.0, rtol=1e-5)

@@ -1,0 +1,85 @@
+"""The diversity metrics measure what they claim: a copy gives the extreme values, a permuted twin is the same model."""
+
+import jax
+import numpy as np
+import pytest
+from scipy.stats import wasserstein_distance
+
+from dwf_jax import diversity, permutations
+from dwf_jax.data import load_dataset
+from dwf_jax.evaluate import ensemble_predictions
+from dwf_jax.models import MLP
+from dwf_jax.zoo_store import Flattener, MemoryZoo
+
+
+def test_iou_of_errors_is_one_for_a_copy_and_zero_for_disjoint_errors():
+    wrong = np.array([[1, 1, 0, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 0, 0], [1, 0, 1, 0, 0]], bool)
+    matrix = np.asarray(diversity.iou(wrong, wrong))
+    np.testing.assert_allclose(np.diag(matrix), 1.0)
+    assert matrix[0, 1] == 0.0 and matrix[1, 0] == 0.0
+    np.testing.assert_allclose(matrix[0, 3], 1 / 3)  # {0, 1} and {0, 2}: one shared of three
+    assert matrix[2, 0] == 0.0  # a flawless model shares no error
+
+
+def test_jensen_shannon_is_zero_for_identical_and_one_bit_for_disjoint_predictions():
+    p = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    matrix = np.asarray(diversity.jensen_shannon(p, p))
+    np.testing.assert_allclose(np.diag(matrix), 0.0, atol=1e-7)
+    np.testing.assert_allclose(matrix[0, 1], 1.0, rtol=1e-6)
+    np.testing.assert_allclose(matrix, matrix.T, atol=1e-7)
+    assert 0 < matrix[0, 2] < 1
+
+
+@pytest.mark.parametrize("dim", [50, 3000])
+def test_wasserstein_matches_scipy(dim):
+    weights = np.random.default_rng(0).normal(size=(3, dim)).astype(np.float32) * np.array([[1.0], [1.5], [0.2]])
+    quantiles = diversity.weight_quantiles(MemoryZoo(weights))
+    matrix = np.asarray(diversity.wasserstein(quantiles, quantiles))
+    expected = [[wasserstein_distance(a, b) for b in weights] for a in weights]
+    # exact when every weight is kept (D <= NUM_QUANTILES), within 1.5 per mille from 1024 quantiles otherwise
+    np.testing.assert_allclose(matrix, expected, rtol=1e-5 if dim <= diversity.NUM_QUANTILES else 1.5e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("block", [3, 1000])
+def test_geometry_matches_numpy_for_both_sets(block):
+    rng = np.random.default_rng(1)
+    first, second = rng.normal(size=(4, 10)), rng.normal(size=(3, 10))
+    shape = diversity.geometry(MemoryZoo(first.astype(np.float32)), MemoryZoo(second.astype(np.float32)), block)
+    both = np.concatenate([first, second])
+    np.testing.assert_allclose(shape.distance, np.linalg.norm(both[:, None] - both[None], axis=-1), rtol=1e-5)
+    unit = both / np.linalg.norm(both, axis=1, keepdims=True)
+    np.testing.assert_allclose(shape.cosine, unit @ unit.T, rtol=1e-5, atol=1e-6)
+    assert np.all(np.diag(shape.distance) == 0.0)
+
+
+def test_within_one_set_a_model_is_never_its_own_nearest():
+    matrix = np.array([[0.0, 2.0, 3.0], [2.0, 0.0, 1.0], [3.0, 1.0, 0.0]])
+    np.testing.assert_array_equal(diversity.nearest(matrix, same_set=True, largest=False), [2.0, 1.0, 1.0])
+    np.testing.assert_array_equal(diversity.nearest(matrix, same_set=False, largest=False), [0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(diversity.nearest(matrix, same_set=True, largest=True), [3.0, 2.0, 3.0])
+
+
+def test_a_permuted_twin_is_the_same_model_to_every_metric():
+    """Functional twins: same errors and predictions, same weight distribution, 0 apart once canonicalized."""
+    data = load_dataset("iris")
+    model = MLP((16, 3))
+    variables = model.init(jax.random.key(0), data.x_train[:1])
+    spec = permutations.builders.mlp_permutation_spec(2)
+    twin = permutations.apply_permutation(
+        spec, permutations.random_permutation(jax.random.key(1), spec, variables), variables
+    )
+    stacked = jax.tree.map(lambda *leaves: np.stack(leaves), variables, twin)
+    wrong, distribution = ensemble_predictions(model, stacked, data.x_test, data.y_test)
+    assert np.asarray(diversity.iou(wrong, wrong))[0, 1] == 1.0
+    np.testing.assert_allclose(np.asarray(diversity.jensen_shannon(distribution, distribution))[0, 1], 0.0, atol=1e-6)
+
+    flattener = Flattener(variables)
+    quantiles = diversity.weight_quantiles(MemoryZoo(np.stack([flattener.flatten(variables), flattener.flatten(twin)])))
+    assert np.asarray(diversity.wasserstein(quantiles, quantiles))[0, 1] == 0.0
+
+    matched = permutations.weight_matching(jax.random.key(2), spec, variables, twin)
+    aligned = permutations.apply_permutation(spec, matched.perms, twin)
+    canonical = MemoryZoo(np.stack([flattener.flatten(variables)]))
+    shape = diversity.geometry(canonical, MemoryZoo(np.stack([flattener.flatten(aligned)])), block=64)
+    assert shape.distance[0, 1] == pytest.approx(0.0, abs=1e-5) and shape.cosine[0, 1] == pytest.approx(1.0, abs=1e-6)
+    assert shape.distance[0, 1] < 1e-3 * np.linalg.norm(flattener.flatten(variables))
