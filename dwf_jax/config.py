@@ -92,6 +92,12 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 2000
+
+    # The ensembles generated models are compared with (Zeng et al., 2025): originals plus noise, and averages.
+    config.baselines = ml_collections.ConfigDict()
+    config.baselines.noise_stds = (0.01, 0.03, 0.1)  # one ensemble per std: every canonical original + N(0, std^2)
+    config.baselines.mixtures = 100  # convex combinations of canonical originals (0: none)
+    config.baselines.mix = 2  # originals per combination (weights from a flat Dirichlet)
     return config
 
 
@@ -237,6 +243,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_choice(config.bn.data, CALIBRATION_DATA, "bn.data")
     _check(config.bn.num_batches >= 1 and config.bn.batch_size >= 1, "bn.num_batches and bn.batch_size must be >= 1")
     _check(config.eval.batch_size >= 1, f"eval.batch_size={config.eval.batch_size} must be >= 1")
+    b = config.baselines
+    _check(all(std >= 0 for std in b.noise_stds), f"baselines.noise_stds={tuple(b.noise_stds)} must be >= 0")
+    _check(b.mixtures >= 0, f"baselines.mixtures={b.mixtures} must be >= 0 (0: none)")
+    _check(
+        2 <= b.mix <= z.num_models,
+        f"baselines.mix={b.mix} must be in [2, zoo.num_models = {z.num_models}] (originals per combination)",
+    )
 
 
 def _validate_model(model: ml_collections.ConfigDict) -> None:

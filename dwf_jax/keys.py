@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 MAX_MODELS = 2**31
-STAGE_STREAMS = ("canonical", "pca", "flow", "sample", "bn_calibration")
+STAGE_STREAMS = ("canonical", "pca", "flow", "sample", "bn_calibration", "baselines")
 
 
 def model_keys(seed: int, model_indices: np.ndarray) -> tuple[jax.Array, jax.Array]:

@@ -19,6 +19,7 @@ from absl import logging
 from dwf_jax import report, stages
 from dwf_jax.config import pca_components, validate_config
 from dwf_jax.data import Dataset, load_dataset
+from dwf_jax.diversity import geometry
 from dwf_jax.evaluate import zoo_distances
 from dwf_jax.flow_stage import sample_stage, train_flow_stage
 from dwf_jax.pca import inverse_transform_to_file
@@ -125,8 +126,8 @@ def run_stages(config: ml_collections.ConfigDict, dataset: Dataset, work: Workdi
             "eval_generated", lambda: stages.store_accuracy(evaluate, generated, flattener, group)
         )
     }
-    statistics = None
-    if "batch_stats" in template and config.bn.recalibrate:
+    statistics, recalibrate_bn = None, "batch_stats" in template and config.bn.recalibrate
+    if recalibrate_bn:
         statistics = work.run("bn_stats", lambda: stages.recalibrate(config, dataset, generated, flattener))
         accuracy["bn_recalibrated"] = work.accuracy(
             "eval_recalibrated", lambda: stages.store_accuracy(evaluate, generated, flattener, group, statistics)
@@ -139,6 +140,16 @@ def run_stages(config: ml_collections.ConfigDict, dataset: Dataset, work: Workdi
             "generated": stages.store_evidence(predict, generated, generated, flattener, group, statistics),
         },
     )
+    baseline_groups, compared = stages.baseline_groups(config), None
+    if baseline_groups:
+        baselines = work.run(
+            "baselines",
+            lambda: stages.baseline_ensembles(
+                config, dataset, canonical, flattener, evaluate, predict, work, recalibrate_bn
+            ),
+        )
+        store = stages.open_stage(config, work, "baselines", sum(count for _, count in baseline_groups), flattener)
+        compared = report.Baselines(baseline_groups, baselines, geometry(canonical, store, stages.block_size(config)))
     work.running = "report"
     result = report.build_report(
         config=config,
@@ -148,9 +159,10 @@ def run_stages(config: ml_collections.ConfigDict, dataset: Dataset, work: Workdi
         distances=zoo_distances(config.canonical.reference, original, canonical, generated, stages.block_size(config)),
         generated_accuracy=accuracy,
         evidence=evidence,
+        baselines=compared,
         flow=flow,
         weight_space=space.description,
         timings=work.timings,
     )
-    report.write(result, work.report, work.figure)
+    report.write(result, work.report, work.figure, work.diversity_figure)
     return result

@@ -1,7 +1,7 @@
 """report.json, a readable summary, and a figure of original vs generated accuracy."""
 
 import pathlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import ml_collections
 import numpy as np
@@ -21,6 +21,7 @@ def build_report(
     distances: Distances,
     generated_accuracy: dict[str, np.ndarray],
     evidence: dict[str, dict[str, np.ndarray]],
+    baselines: "Baselines | None",
     flow: dict[str, Any],
     weight_space: str,
     timings: dict[str, float],
@@ -67,19 +68,55 @@ def build_report(
             "novelty": novelty(distances.generated_to_canonical, distances.canonical_to_canonical),
         },
         "diversity": diversity_section(evidence, distances),
+        "baselines": baselines_section(baselines, evidence),
         "timings": {name: round(seconds, 3) for name, seconds in timings.items()},
     }
 
 
-def diversity_section(evidence: dict[str, dict[str, np.ndarray]], distances: Distances) -> dict:
-    """Per metric and direction (Table 17), the spread of every model's value against its nearest other model."""
-    per_model = diversity.per_model(
-        diversity.Evidence(**evidence["original"]), diversity.Evidence(**evidence["generated"]), distances.among_all
-    )
+class Baselines(NamedTuple):
+    """The baselines stage of a run, and where its models lie."""
+
+    groups: list[tuple[str, int]]  # (name, number of models) in the stage's row order
+    stage: dict[str, np.ndarray]  # accuracy and diversity evidence of every baseline model
+    among_all: diversity.Geometry  # canonical originals first, then every baseline model
+
+
+def _summaries(per_model: dict[str, dict[str, np.ndarray]], other: str = "generated") -> dict:
+    """Summary and per-model values of every metric and direction, the compared ensemble called `other`."""
     return {
-        metric: {direction: summary(values) for direction, values in directions.items()}
+        metric: {
+            direction.replace("generated", other): {**summary(values), "per_model": np.round(values, 6).tolist()}
+            for direction, values in directions.items()
+        }
         for metric, directions in per_model.items()
     }
+
+
+def diversity_section(evidence: dict[str, dict[str, np.ndarray]], distances: Distances) -> dict:
+    """Per metric and direction (Table 17), every model's value against its nearest other model, and their spread."""
+    original, generated = (diversity.Evidence(**evidence[name]) for name in ("original", "generated"))
+    return _summaries(diversity.per_model(original, generated, distances.among_all))
+
+
+def baselines_section(baselines: Baselines | None, evidence: dict[str, dict[str, np.ndarray]]) -> dict:
+    """Accuracy and diversity of each baseline ensemble against the originals, as for the generated one."""
+    if baselines is None:
+        return {}
+    original = diversity.Evidence(**evidence["original"])
+    num_originals, start, section = len(original.wrong), 0, {}
+    for name, count in baselines.groups:
+        rows = slice(start, start + count)
+        start += count
+        ensemble = diversity.Evidence(*(baselines.stage[field][rows] for field in diversity.Evidence._fields))
+        index = np.r_[0:num_originals, num_originals + rows.start : num_originals + rows.stop]
+        shape = diversity.Geometry(*(matrix[np.ix_(index, index)] for matrix in baselines.among_all))
+        accuracy = baselines.stage["accuracy"][rows]
+        section[name] = {
+            "accuracy": summary(accuracy),
+            "per_model": np.round(accuracy, 4).tolist(),
+            "diversity": _summaries(diversity.per_model(original, ensemble, shape), other="baseline"),
+        }
+    return section
 
 
 def model_fields(model_config: ml_collections.ConfigDict) -> dict:
@@ -170,8 +207,36 @@ def accuracy_figure(result: dict) -> Figure:
     return figure
 
 
-def write(result: dict, report_path: pathlib.Path, figure_path: pathlib.Path) -> None:
-    """report.json and the figure, each written whole or not at all."""
+def diversity_figure(result: dict) -> Figure:
+    """New or memorized? Accuracy against shared errors with the nearest original (Fig. 2), and nearest distances."""
+    series = [
+        ("original", result["original"]["per_model"], "original_to_original"),
+        ("generated", result["generated"]["per_model"], "generated_to_original"),
+    ]
+    series += [(name, baseline["per_model"], "baseline_to_original") for name, baseline in result["baselines"].items()]
+    sections = [result["diversity"]] * 2 + [baseline["diversity"] for baseline in result["baselines"].values()]
+    figure = Figure(figsize=(11, 4))
+    scatter, histogram = figure.subplots(1, 2)
+    pairs = list(zip(series, sections, strict=True))
+    nearest = [section["nearest_l2"][direction]["per_model"] for (_, _, direction), section in pairs]
+    bins = np.histogram_bin_edges(np.concatenate(nearest), bins=40)
+    for ((label, accuracy, direction), section), distances in zip(pairs, nearest, strict=True):
+        scatter.scatter(section["max_iou_of_errors"][direction]["per_model"], accuracy, s=10, alpha=0.6, label=label)
+        histogram.hist(distances, bins=bins, alpha=0.5, label=label)
+    scatter.set_xlabel("max IoU of test errors with another original")
+    scatter.set_ylabel("test accuracy (%)")
+    histogram.set_xlabel("L2 distance to the nearest original, another one for originals (canonical weights)")
+    histogram.set_ylabel("models")
+    for axis in (scatter, histogram):
+        axis.legend(fontsize="small")
+    figure.suptitle(f"{result['dataset']['name']} {result['model']['name']}: new or memorized?")
+    figure.tight_layout()
+    return figure
+
+
+def write(result: dict, report_path: pathlib.Path, figure_path: pathlib.Path, diversity_path: pathlib.Path) -> None:
+    """report.json and the figures, each written whole or not at all."""
     checkpoints.save_json(report_path, result)
-    with checkpoints.atomic_path(figure_path) as temporary:
-        accuracy_figure(result).savefig(temporary, dpi=120, format="png")
+    for path, draw in ((figure_path, accuracy_figure), (diversity_path, diversity_figure)):
+        with checkpoints.atomic_path(path) as temporary:
+            draw(result).savefig(temporary, dpi=120, format="png")

@@ -27,6 +27,7 @@ STAGE_KEYS = {
     "bn_stats": (*_SAMPLE_KEYS, "bn"),
     "eval_recalibrated": (*_SAMPLE_KEYS, "bn"),
     "diversity": (*_SAMPLE_KEYS, "bn"),
+    "baselines": (*CANONICAL_KEYS, "baselines", "bn"),
 }
 # Keys that change where data comes from or how a stage runs, never its result.
 RESULT_FREE_KEYS = (

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dwf_jax import bn_recalibration, keys, pca, zoo
+from dwf_jax import baselines, bn_recalibration, keys, pca, zoo
 from dwf_jax.augment import input_pipeline
 from dwf_jax.canonical import align_models
 from dwf_jax.config import pca_components
@@ -230,3 +230,39 @@ def recalibrate(config: ml_collections.ConfigDict, dataset: Dataset, store: ZooS
         for variables in flattener.stacked_groups(store, config.zoo.models_per_chunk)
     ]
     return {"batch_stats": concatenate(parts)}
+
+
+def baseline_groups(config: ml_collections.ConfigDict) -> list[tuple[str, int]]:
+    """(name, number of models) of each baseline ensemble, in the order of the baselines stage's rows."""
+    b = config.baselines
+    groups = [(f"noise_std_{std:g}", config.zoo.num_models) for std in b.noise_stds]
+    return groups + ([(f"mixtures_of_{b.mix}", b.mixtures)] if b.mixtures else [])
+
+
+def baseline_ensembles(
+    config: ml_collections.ConfigDict,
+    dataset: Dataset,
+    canonical: ZooStore,
+    flattener: Flattener,
+    evaluate: Evaluator,
+    predict: Callable[[PyTree], tuple],
+    work: Workdir,
+    recalibrate_bn: bool,
+) -> PyTree:
+    """Every baseline ensemble into one file (rows in `baseline_groups` order), evaluated like the generated one."""
+    b, key = config.baselines, keys.stage_key(config.seed, "baselines")
+    parts = [
+        baselines.noisy(canonical, std, jax.random.fold_in(key, number)) for number, std in enumerate(b.noise_stds)
+    ]
+    if b.mixtures:
+        plan = baselines.mixture_plan(
+            jax.random.fold_in(key, len(b.noise_stds)), canonical.num_models, b.mixtures, b.mix
+        )
+        parts.append(baselines.mixtures(canonical, *plan))
+    store = write_rows(work.matrix_file("baselines"), itertools.chain(*parts))
+    statistics = recalibrate(config, dataset, store, flattener) if recalibrate_bn else None
+    group = config.zoo.models_per_chunk
+    return {
+        "accuracy": store_accuracy(evaluate, store, flattener, group, statistics),
+        **store_evidence(predict, store, store, flattener, group, statistics),
+    }

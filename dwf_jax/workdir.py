@@ -27,12 +27,19 @@ from dwf_jax.settings import STAGE_KEYS, Settings, config_as_dict, differences
 from dwf_jax.zoo_store import ZooStore, open_file
 
 PyTree = Any
-MATRIX_FILES = {"zoo": "zoo.f32", "canonical": "canonical.f32", "pca": "pca_components.f32", "samples": "generated.f32"}
+MATRIX_FILES = {
+    "zoo": "zoo.f32",
+    "canonical": "canonical.f32",
+    "pca": "pca_components.f32",
+    "samples": "generated.f32",
+    "baselines": "baselines.f32",
+}
 ZOO_CHUNKS = "zoo_chunks"
 FLOW_CHECKPOINTS = "flow_checkpoints"
 CONFIG_FILE = "config.json"
 REPORT_FILE = "report.json"
 FIGURE_FILE = "accuracy.png"
+DIVERSITY_FIGURE_FILE = "diversity.png"
 TIMINGS_FILE = "timings.json"
 LOCK_FILE = ".lock"
 FORMAT_FILE = "workdir_format.json"
@@ -50,6 +57,7 @@ UPSTREAM = {
     "bn_stats": ("samples",),
     "eval_recalibrated": ("bn_stats",),
     "diversity": ("samples", "bn_stats"),
+    "baselines": ("canonical",),
 }
 # Names of files an interrupted write leaves behind (ours, and orbax's temporary folders).
 LEFTOVER_PATTERNS = (f"*{PARTIAL_SUFFIX}", ".*.tmp", "*.orbax-checkpoint-tmp-*")
@@ -88,6 +96,7 @@ class Workdir:
         self.running = "(none)"  # the stage being computed or loaded, to say where an interrupted run stopped
         self.report = self.path / REPORT_FILE
         self.figure = self.path / FIGURE_FILE
+        self.diversity_figure = self.path / DIVERSITY_FIGURE_FILE
         self.flow_checkpoints = self.path / FLOW_CHECKPOINTS
         self._timings_file = self.path / TIMINGS_FILE
         self.timings = checkpoints.load_json(self._timings_file) if self._timings_file.exists() else {}

@@ -91,6 +91,10 @@ BAD_VALUES = [
     ({"bn.num_batches": 0}, "bn.num_batches and bn.batch_size must be >= 1"),
     ({"bn.batch_size": 0}, "bn.num_batches and bn.batch_size must be >= 1"),
     ({"eval.batch_size": 0}, "eval.batch_size=0 must be >= 1"),
+    ({"baselines.noise_stds": (0.1, -0.01)}, "baselines.noise_stds=(0.1, -0.01) must be >= 0"),
+    ({"baselines.mixtures": -1}, "baselines.mixtures=-1 must be >= 0"),
+    ({"baselines.mix": 1}, "baselines.mix=1 must be in [2, zoo.num_models = 100]"),
+    ({"baselines.mix": 101}, "baselines.mix=101 must be in [2, zoo.num_models = 100]"),
 ]
 
 
@@ -126,6 +130,9 @@ def test_each_bad_value_is_next_to_a_good_one(overrides, _):
         "flow.weight_decay": 0.0,
         "flow.beta": (1e-9, 1e-9),
         "eval.batch_size": 1,
+        "baselines.noise_stds": (0.0,),
+        "baselines.mixtures": 0,
+        "baselines.mix": 100 if overrides.get("baselines.mix", 0) > 2 else 2,
         "canonical.reference": 0,
         "canonical.max_iter": 1,
         "pca.components": 1,

@@ -24,6 +24,7 @@ def _tiny_config():
     config.zoo.update(num_models=6, epochs=20, models_per_chunk=4)
     config.flow.update(iterations=300, hidden=32, steps_per_dispatch=100, checkpoint_every=150, batch_size=4)
     config.sample.update(num_samples=5, steps=10)
+    config.baselines.update(noise_stds=(0.0, 0.1), mixtures=4)
     return config
 
 
@@ -47,8 +48,29 @@ def test_report_schema(finished_run):
         "generated_to_nearest_original",
         "original_to_nearest_other_original",
     }
-    assert set(written["timings"]) == {"zoo", "canonical", "flow", "samples", "eval_generated", "diversity"}
-    assert (workdir / "accuracy.png").stat().st_size > 0
+    assert set(written["timings"]) == {
+        "zoo",
+        "canonical",
+        "flow",
+        "samples",
+        "eval_generated",
+        "diversity",
+        "baselines",
+    }
+    assert (workdir / "accuracy.png").stat().st_size > 0 and (workdir / "diversity.png").stat().st_size > 0
+
+
+def test_baselines_are_the_originals_moved_by_noise_or_mixed(finished_run):
+    """Noise of size 0 gives back every original (its own copy is its nearest original, sharing all errors)."""
+    _, result = finished_run
+    assert list(result["baselines"]) == ["noise_std_0", "noise_std_0.1", "mixtures_of_2"]
+    copies = result["baselines"]["noise_std_0"]
+    assert copies["per_model"] == result["original"]["per_model"]
+    assert copies["diversity"]["nearest_l2"]["baseline_to_original"]["max"] == 0.0
+    assert copies["diversity"]["max_iou_of_errors"]["baseline_to_original"]["min"] == 1.0
+    noisy = result["baselines"]["noise_std_0.1"]["diversity"]["nearest_l2"]["baseline_to_original"]
+    assert noisy["mean"] == pytest.approx(0.1 * np.sqrt(131), rel=0.2)  # |N(0, 0.1^2 I_131)|
+    assert len(result["baselines"]["mixtures_of_2"]["per_model"]) == 4
 
 
 def test_canonicalization_preserves_function_and_moves_towards_reference(finished_run):

@@ -91,6 +91,7 @@ def _config(case, data_dir, on_disk):
     config.zoo.on_disk = on_disk
     config.flow.update(iterations=40, hidden=16, steps_per_dispatch=20, batch_size=2)
     config.sample.update(num_samples=3, steps=5)
+    config.baselines.update(noise_stds=(0.0, 0.05), mixtures=3)
     return config
 
 
@@ -186,7 +187,7 @@ def test_bn_models_report_accuracy_before_and_after_recalibration(runs):
 
 
 def test_experiment_helpers_read_both_stores(runs, monkeypatch):
-    case, data_dir, workdirs, _, _ = runs
+    case, data_dir, workdirs, results, _ = runs
     if case != "cnn":
         pytest.skip("the helpers recalibrate BatchNorm")
     monkeypatch.setenv("DWF_CACHE_DIR", str(data_dir.parent / "cache"))
@@ -195,6 +196,8 @@ def test_experiment_helpers_read_both_stores(runs, monkeypatch):
         for on_disk in workdirs
     }
     assert recalibrated[False] == pytest.approx(recalibrated[True], abs=1e-4)
+    # noise of size 0: the canonical originals, recalibrated on the same batches as every generated ensemble
+    assert results[True]["baselines"]["noise_std_0"]["accuracy"] == pytest.approx(recalibrated[True], abs=1e-4)
     rebuilt = {
         on_disk: stage_readers.reconstructed_zoo_accuracy(_config(case, data_dir, on_disk), workdirs[on_disk])
         for on_disk in workdirs
