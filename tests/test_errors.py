@@ -213,7 +213,7 @@ def test_workdir_of_an_older_format(workdir):
 
 def test_a_stage_is_not_recomputed_under_results_of_its_earlier_version(workdir):
     shutil.rmtree(workdir / "canonical")
-    stale = "flow, samples, eval_generated, diversity, flow_checkpoints"
+    stale = "flow, baselines, samples, eval_generated, diversity, flow_checkpoints"
     refused(workdir, CheckpointError, rf"canonical is missing while results computed from it remain in .* \({stale}\)")
 
 
