@@ -17,46 +17,6 @@ PyTree = Any
 
 
 @partial(jax.jit, static_argnames=("model", "transform", "models_per_vmap"))
-def _correct_in_batch(
-    stacked_variables: PyTree,
-    x: jax.Array,
-    y: jax.Array,
-    *,
-    model: nn.Module,
-    transform: Callable,
-    models_per_vmap: int,
-) -> jax.Array:
-    """Correct predictions of every model on one batch; compiled once per (model, transform, shapes)."""
-    inputs = transform(x)
-    logits = map_models(
-        lambda variables: model.apply(variables, inputs, train=False), stacked_variables, models_per_vmap
-    )
-    return jnp.sum(jnp.argmax(logits, axis=-1) == y[None, :], axis=1)
-
-
-def ensemble_accuracy(
-    model: nn.Module,
-    stacked_variables: PyTree,
-    x: np.ndarray,
-    y: np.ndarray,
-    batch_size: int = 2000,
-    transform: Callable[[jax.Array], jax.Array] = lambda images: images,
-    models_per_vmap: int = 0,
-) -> np.ndarray:
-    """Test accuracy (percent) of every model in a stacked zoo (eval mode); the test set is streamed in batches.
-
-    `transform` must be a function that lives as long as the program (e.g. from
-    `augment.input_pipeline`): it keys the compilation cache.
-    """
-    correct = partial(_correct_in_batch, model=model, transform=transform, models_per_vmap=models_per_vmap)
-    total = sum(
-        np.asarray(correct(stacked_variables, x[start : start + batch_size], y[start : start + batch_size]))
-        for start in range(0, len(x), batch_size)
-    )
-    return 100.0 * total / len(x)
-
-
-@partial(jax.jit, static_argnames=("model", "transform", "models_per_vmap"))
 def _predictions_in_batch(
     stacked_variables: PyTree, x: jax.Array, *, model: nn.Module, transform: Callable, models_per_vmap: int
 ) -> tuple[jax.Array, jax.Array]:
@@ -77,7 +37,11 @@ def ensemble_predictions(
     transform: Callable[[jax.Array], jax.Array] = lambda images: images,
     models_per_vmap: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(M, n) which test examples each model gets wrong, and (M, C) its mean predicted class probabilities."""
+    """(M, n) which test examples each model gets wrong, and (M, C) its mean predicted class probabilities.
+
+    The test set is streamed in batches. `transform` must be a function that lives as long as the
+    program (e.g. from `augment.input_pipeline`): it keys the compilation cache.
+    """
     predict = partial(_predictions_in_batch, model=model, transform=transform, models_per_vmap=models_per_vmap)
     labels, probabilities = [], 0.0
     for start in range(0, len(x), batch_size):
@@ -85,6 +49,14 @@ def ensemble_predictions(
         labels.append(np.asarray(batch_labels))
         probabilities = probabilities + np.asarray(batch_probabilities, np.float64)
     return np.concatenate(labels, axis=1) != np.asarray(y)[None, :], probabilities / len(x)
+
+
+def ensemble_accuracy(
+    model: nn.Module, stacked_variables: PyTree, x: np.ndarray, y: np.ndarray, **options: Any
+) -> np.ndarray:
+    """Test accuracy (percent) of every model in a stacked zoo (eval mode); `options` as for ensemble_predictions."""
+    wrong, _ = ensemble_predictions(model, stacked_variables, x, y, **options)
+    return 100.0 * (len(x) - wrong.sum(axis=1)) / len(x)
 
 
 def summary(values: np.ndarray) -> dict[str, float]:

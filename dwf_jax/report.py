@@ -225,7 +225,7 @@ def diversity_figure(result: dict) -> Figure:
         histogram.hist(distances, bins=bins, alpha=0.5, label=label)
     scatter.set_xlabel("max IoU of test errors with another original")
     scatter.set_ylabel("test accuracy (%)")
-    histogram.set_xlabel("L2 distance to the nearest original, another one for originals (canonical weights)")
+    histogram.set_xlabel("L2 to the nearest (other) original, canonical weights")
     histogram.set_ylabel("models")
     for axis in (scatter, histogram):
         axis.legend(fontsize="small")

@@ -43,10 +43,10 @@ def model_template(config: ml_collections.ConfigDict, dataset: Dataset) -> PyTre
     return jax.eval_shape(lambda: build_model(config.model).init(jax.random.key(0), sample, train=False))
 
 
-def evaluator(config: ml_collections.ConfigDict, dataset: Dataset) -> Evaluator:
-    """Test accuracy (percent) of every model of a stacked zoo."""
+def _on_test_set(function: Callable, config: ml_collections.ConfigDict, dataset: Dataset) -> Callable:
+    """`function(model, stacked_variables, ...)` bound to this config's model and the test split."""
     return partial(
-        ensemble_accuracy,
+        function,
         build_model(config.model),
         x=dataset.x_test,
         y=dataset.y_test,
@@ -54,6 +54,11 @@ def evaluator(config: ml_collections.ConfigDict, dataset: Dataset) -> Evaluator:
         transform=input_pipeline(dataset.name, config.data.augment).eval,
         models_per_vmap=config.models_per_vmap,
     )
+
+
+def evaluator(config: ml_collections.ConfigDict, dataset: Dataset) -> Evaluator:
+    """Test accuracy (percent) of every model of a stacked zoo."""
+    return _on_test_set(ensemble_accuracy, config, dataset)
 
 
 def open_stage(
@@ -65,15 +70,7 @@ def open_stage(
 
 def predictor(config: ml_collections.ConfigDict, dataset: Dataset) -> Callable[[PyTree], tuple]:
     """Which test examples every model of a stacked zoo gets wrong, and its mean predicted class probabilities."""
-    return partial(
-        ensemble_predictions,
-        build_model(config.model),
-        x=dataset.x_test,
-        y=dataset.y_test,
-        batch_size=config.eval.batch_size,
-        transform=input_pipeline(dataset.name, config.data.augment).eval,
-        models_per_vmap=config.models_per_vmap,
-    )
+    return _on_test_set(ensemble_predictions, config, dataset)
 
 
 def _stacked_groups(store: ZooStore, flattener: Flattener, group: int, statistics: PyTree) -> Iterator[PyTree]:

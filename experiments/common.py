@@ -70,6 +70,16 @@ def provenance_lines(provenance: dict) -> list[str]:
     ]
 
 
+def header_lines(title: str, provenance: dict) -> list[str]:
+    """A result file's title, provenance and wall time."""
+    return [
+        f"# {title}",
+        "",
+        *provenance_lines(provenance),
+        f"Wall time of this invocation: {provenance['wall_seconds']} s  ",
+    ]
+
+
 def run_and_write(name: str, compute_rows: Callable[[], Any], markdown: Callable[[Any, dict], str]) -> None:
     """Compute an experiment's rows and write them with their provenance; the code version is read before the run."""
     log_stages()

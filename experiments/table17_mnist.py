@@ -67,7 +67,16 @@ def run_variant(variant: str, method: str, first_workdir: pathlib.Path | None) -
         pipeline.workdir_for(config, dataset, workdir).copy_stages_from(Workdir(first_workdir), ("zoo",))
     result = pipeline.run(config, workdir, progress=True)
     shutil.copyfile(Workdir(workdir).diversity_figure, common.RESULTS / f"table17_mnist_{variant}.png")
-    return {"variant": variant, "workdir": str(workdir), "report": result}
+    return {"variant": variant, "workdir": str(workdir), "report": without_per_model(result)}
+
+
+def without_per_model(tree: dict) -> dict:
+    """The report less its per-model lists (the workdir's report.json keeps them)."""
+    return {
+        key: without_per_model(value) if isinstance(value, dict) else value
+        for key, value in tree.items()
+        if key != "per_model"
+    }
 
 
 def table_rows() -> list[dict]:
@@ -85,10 +94,7 @@ def cell(stats: dict) -> str:
 
 def markdown(rows: list[dict], provenance: dict) -> str:
     lines = [
-        "# Table 17 (MNIST MLP): diversity of generated networks, and the baselines they must beat",
-        "",
-        *common.provenance_lines(provenance),
-        f"Wall time of this invocation: {provenance['wall_seconds']} s  ",
+        *common.header_lines("Table 17 (MNIST MLP): diversity of generated networks, and the baselines", provenance),
         f"Flow space: {FLAGS.space}; {FLAGS.flow_iterations} flow iterations; 100 originals, 100 generated. {PAPER}",
         "",
         "Each cell: mean ± std over the source models of their value against the nearest target model "

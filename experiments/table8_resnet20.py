@@ -142,10 +142,7 @@ def reconstructed(result: dict) -> str:
 
 def markdown(rows: list[dict], provenance: dict) -> str:
     lines = [
-        "# Table 8 (ResNet-20, CIFAR-10): full weights vs PCA, and the number of components",
-        "",
-        *common.provenance_lines(provenance),
-        f"Wall time of this invocation: {provenance['wall_seconds']} s",
+        *common.header_lines("Table 8 (ResNet-20, CIFAR-10): full weights vs PCA, how many components", provenance),
         f"Data: {rows[0]['dataset']['source']}",
         f"Zoo: {rows[0]['original']['num_models']} models x {rows[0]['zoo_epochs']} epochs "
         f"({zoo_origin(rows[0]['original']['num_models'])}); "
