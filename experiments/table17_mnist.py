@@ -135,6 +135,12 @@ def markdown(rows: list[dict], provenance: dict) -> str:
                 f"| {row['variant']} | {name} | {common.mean_std(accuracy)} "
                 f"| {cell(section['max_iou_of_errors'][direction])} | {cell(section['nearest_l2'][direction])} |"
             )
+    lines += ["", "Stage times (s) of each run, stages computed by earlier invocations included:", ""]
+    for row in rows:
+        timings = row["report"]["timings"]
+        lines.append(
+            f"- {row['variant']}: " + ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in timings.items())
+        )
     lines += ["", "Figures: " + ", ".join(f"table17_mnist_{row['variant']}.png" for row in rows), ""]
     return "\n".join(lines)
 
