@@ -134,4 +134,5 @@ def test_accuracy_does_not_depend_on_the_test_batch_size():
     logits = jax.vmap(lambda v: model.apply(v, data.x_test))(variables)
     expected = 100.0 * np.mean(np.argmax(np.asarray(logits), -1) == data.y_test[None], axis=1)
     for batch_size in (7, 8, 30):  # 30 test images: several batches, a short last one, one batch
-        np.testing.assert_allclose(ensemble_accuracy(model, variables, data.x_test, data.y_test, batch_size), expected)
+        accuracy = ensemble_accuracy(model, variables, data.x_test, data.y_test, batch_size=batch_size)
+        np.testing.assert_allclose(accuracy, expected)
