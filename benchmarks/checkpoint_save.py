@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 from absl import app, flags
 
 from dwf_jax import checkpoints
+from dwf_jax.settings import differences
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("parameters", 27_471_690, "Flow parameters (the state holds three times as many floats).")
@@ -56,7 +57,7 @@ def main(_) -> None:
             ),
             "checkpoints.verify": best_seconds(lambda i: checkpoints.verify(root / f"verified_{i}"), FLAGS.repeats),
         }
-        saves = checkpoints.TrainingCheckpoints(root / "training", settings={})
+        saves = checkpoints.TrainingCheckpoints(root / "training", settings={}, differences=differences)
         rows["TrainingCheckpoints.save"] = best_seconds(lambda i: saves.save(i, tree), FLAGS.repeats, saves.wait)
     finally:
         shutil.rmtree(root, ignore_errors=True)

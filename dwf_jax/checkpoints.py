@@ -15,7 +15,7 @@ import shutil
 import signal
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -91,15 +91,18 @@ def _ctrl_c_after() -> Iterator[None]:
 
 
 def save_tree(
-    path: pathlib.Path, tree: PyTree, beside: Mapping[str, pathlib.Path] | None = None, **record: Any
+    path: pathlib.Path,
+    tree: PyTree,
+    beside: Mapping[str, pathlib.Path] | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write `tree` to the folder `path` with a manifest of checksums (also of the files `beside`) and `record`.
+    """Write `tree` to the folder `path` with a manifest of checksums (also of the files `beside`) and `settings`.
 
     A crash at any moment leaves no folder at `path`, only a `.partial` one that the next save replaces.
     """
     checkpointer = _start_save(path, tree)
     checkpointer.wait_until_finished()
-    _seal(path, beside, record)
+    _seal(path, beside, settings)
 
 
 def _start_save(path: pathlib.Path, tree: PyTree) -> ocp.StandardCheckpointer:
@@ -113,13 +116,13 @@ def _start_save(path: pathlib.Path, tree: PyTree) -> ocp.StandardCheckpointer:
     return checkpointer
 
 
-def _seal(path: pathlib.Path, beside: Mapping[str, pathlib.Path] | None, record: dict) -> None:
+def _seal(path: pathlib.Path, beside: Mapping[str, pathlib.Path] | None, settings: Mapping[str, Any] | None) -> None:
     """Add the manifest to the finished `<path>.partial` and rename it to `path`."""
     partial = path.with_name(path.name + PARTIAL_SUFFIX)
     manifest = {
         "files": _digests(partial),
         "beside": {name: file_digest(file) for name, file in (beside or {}).items()},
-        **record,
+        "settings": dict(settings or {}),
     }
     save_json(partial / MANIFEST_FILE, manifest)
     shutil.rmtree(path, ignore_errors=True)
@@ -172,12 +175,21 @@ class TrainingCheckpoints:
 
     A damaged newest state is skipped for the one before it, so a file broken by
     a crash or a bad disk costs a few steps, not the whole run. A state saved
-    under other settings is never resumed. orbax writes each save in the
-    background while training goes on; the next save or `wait` seals it.
+    under other settings is never resumed (`differences(recorded, settings)`
+    lists what changed, as `dwf_jax.settings.differences` does for stages).
+    orbax writes each save in the background while training goes on; the next
+    save or `wait` seals it.
     """
 
-    def __init__(self, directory: pathlib.Path, settings: Mapping[str, Any], keep: int = 2):
+    def __init__(
+        self,
+        directory: pathlib.Path,
+        settings: Mapping[str, Any],
+        differences: Callable[[Mapping[str, Any], Mapping[str, Any]], list[str]],
+        keep: int = 2,
+    ):
         self.directory, self.settings, self.keep = directory, dict(settings), keep
+        self._differences = differences
         self._pending: tuple[int, ocp.StandardCheckpointer] | None = None
 
     def steps(self) -> list[int]:
@@ -196,7 +208,7 @@ class TrainingCheckpoints:
             return
         (step, checkpointer), self._pending = self._pending, None
         checkpointer.wait_until_finished()
-        _seal(self.directory / str(step), None, {"settings": self.settings})
+        _seal(self.directory / str(step), None, self.settings)
         for old in self.steps()[: -self.keep]:
             shutil.rmtree(self.directory / str(old))
 
@@ -224,14 +236,11 @@ class TrainingCheckpoints:
         return None
 
     def _check_settings(self, recorded: Mapping[str, Any]) -> None:
-        changed = sorted(
-            key for key in recorded.keys() | self.settings.keys() if recorded.get(key) != self.settings.get(key)
-        )
+        changed = self._differences(recorded, self.settings)
         if changed:
             raise CheckpointSettingsMismatch(
-                f"training checkpoints in {self.directory} were made with other settings ("
-                + ", ".join(f"{key}: {recorded.get(key)!r} -> {self.settings.get(key)!r}" for key in changed[:5])
-                + f"); delete {self.directory} to train from the start with these settings"
+                f"training checkpoints in {self.directory} were made with other settings ({', '.join(changed[:5])}); "
+                f"delete {self.directory} to train from the start with these settings"
             )
 
 

@@ -55,8 +55,12 @@ def ensemble_accuracy(
     model: nn.Module, stacked_variables: PyTree, x: np.ndarray, y: np.ndarray, **options: Any
 ) -> np.ndarray:
     """Test accuracy (percent) of every model in a stacked zoo (eval mode); `options` as for ensemble_predictions."""
-    wrong, _ = ensemble_predictions(model, stacked_variables, x, y, **options)
-    return 100.0 * (len(x) - wrong.sum(axis=1)) / len(x)
+    return percent_correct(ensemble_predictions(model, stacked_variables, x, y, **options)[0])
+
+
+def percent_correct(wrong: np.ndarray) -> np.ndarray:
+    """Each model's test accuracy (percent) from its (M, n) errors, as `ensemble_predictions` gives them."""
+    return 100.0 * (wrong.shape[1] - wrong.sum(axis=1)) / wrong.shape[1]
 
 
 def summary(values: np.ndarray) -> dict[str, float]:

@@ -144,9 +144,7 @@ def run_stages(config: ml_collections.ConfigDict, dataset: Dataset, work: Workdi
     if baseline_groups:
         baselines = work.run(
             "baselines",
-            lambda: stages.baseline_ensembles(
-                config, dataset, canonical, flattener, evaluate, predict, work, recalibrate_bn
-            ),
+            lambda: stages.baseline_ensembles(config, dataset, canonical, flattener, predict, work, recalibrate_bn),
         )
         store = stages.open_stage(config, work, "baselines", sum(count for _, count in baseline_groups), flattener)
         compared = report.Baselines(baseline_groups, baselines, geometry(canonical, store, stages.block_size(config)))

@@ -219,7 +219,7 @@ def diversity_figure(result: dict) -> Figure:
     scatter, histogram = figure.subplots(1, 2)
     pairs = list(zip(series, sections, strict=True))
     nearest = [section["nearest_l2"][direction]["per_model"] for (_, _, direction), section in pairs]
-    bins = np.histogram_bin_edges(np.concatenate(nearest), bins=40)
+    bins = histogram_bins(*nearest, count=40)
     for ((label, accuracy, direction), section), distances in zip(pairs, nearest, strict=True):
         scatter.scatter(section["max_iou_of_errors"][direction]["per_model"], accuracy, s=10, alpha=0.6, label=label)
         histogram.hist(distances, bins=bins, alpha=0.5, label=label)

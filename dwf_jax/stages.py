@@ -21,7 +21,7 @@ from dwf_jax.canonical import align_models
 from dwf_jax.config import pca_components
 from dwf_jax.data import Dataset
 from dwf_jax.diversity import weight_quantiles
-from dwf_jax.evaluate import ensemble_accuracy, ensemble_predictions
+from dwf_jax.evaluate import ensemble_accuracy, ensemble_predictions, percent_correct
 from dwf_jax.models import build_model, permutation_spec
 from dwf_jax.workdir import Workdir
 from dwf_jax.zoo_store import Flattener, ZooStore, check_finite, concatenate, write_rows
@@ -241,7 +241,6 @@ def baseline_ensembles(
     dataset: Dataset,
     canonical: ZooStore,
     flattener: Flattener,
-    evaluate: Evaluator,
     predict: Callable[[PyTree], tuple],
     work: Workdir,
     recalibrate_bn: bool,
@@ -258,8 +257,5 @@ def baseline_ensembles(
         parts.append(baselines.mixtures(canonical, *plan))
     store = write_rows(work.matrix_file("baselines"), itertools.chain(*parts))
     statistics = recalibrate(config, dataset, store, flattener) if recalibrate_bn else None
-    group = config.zoo.models_per_chunk
-    return {
-        "accuracy": store_accuracy(evaluate, store, flattener, group, statistics),
-        **store_evidence(predict, store, store, flattener, group, statistics),
-    }
+    evidence = store_evidence(predict, store, store, flattener, config.zoo.models_per_chunk, statistics)
+    return {"accuracy": percent_correct(evidence["wrong"]), **evidence}

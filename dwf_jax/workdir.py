@@ -114,7 +114,7 @@ class Workdir:
 
     def training_checkpoints(self, stage: str, folder: pathlib.Path) -> checkpoints.TrainingCheckpoints:
         """Training states of `stage` in `folder`, tied to its settings: a changed config never resumes them."""
-        return checkpoints.TrainingCheckpoints(folder, self.settings[stage])
+        return checkpoints.TrainingCheckpoints(folder, self.settings[stage], differences)
 
     def remove_zoo_chunks(self) -> None:
         """Training checkpoints are dead weight once the zoo stage exists."""
@@ -258,10 +258,9 @@ class Workdir:
                 raise WorkdirConfigMismatch(
                     f"stage {name} of {source.path} was computed with other settings ({', '.join(changed[:5])})"
                 )
-            for file in self._beside(name).values():
-                partial = file.with_name(file.name + PARTIAL_SUFFIX)
-                shutil.copyfile(source.matrix_file(name), partial)
-                os.replace(partial, file)
+            if name in MATRIX_FILES:
+                with checkpoints.atomic_path(self.matrix_file(name)) as temporary:
+                    shutil.copyfile(source.matrix_file(name), temporary)
             partial = self.stage(name).with_name(name + PARTIAL_SUFFIX)
             shutil.rmtree(partial, ignore_errors=True)
             shutil.copytree(source.stage(name), partial)

@@ -9,6 +9,7 @@ from dwf_jax.augment import input_pipeline
 from dwf_jax.data import load_dataset
 from dwf_jax.evaluate import ensemble_accuracy
 from dwf_jax.models import MLP
+from dwf_jax.settings import differences
 
 
 def _train(indices, epochs=3):
@@ -94,7 +95,7 @@ def test_sgd_is_momentum_sgd_with_decoupled_weight_decay_added_to_the_gradient()
 
 def test_checkpoints_every_k_epochs_and_at_the_end(tmp_path):
     data = load_dataset("iris")
-    saves = checkpoints.TrainingCheckpoints(tmp_path / "chunk", settings={}, keep=10)
+    saves = checkpoints.TrainingCheckpoints(tmp_path / "chunk", settings={}, differences=differences, keep=10)
     zoo.train_models(
         MLP((4, 3)),
         zoo.make_optimizer("adam", 1e-2, 0.0),
