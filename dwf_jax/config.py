@@ -16,7 +16,7 @@ from dwf_jax import canonical, flow, pca, zoo
 from dwf_jax.bn_recalibration import CALIBRATION_DATA
 from dwf_jax.data import DATASETS, NUM_CLASSES, SOURCES
 from dwf_jax.keys import MAX_MODELS
-from dwf_jax.models import INIT_SCHEMES, MODEL_NAMES, model_config, output_width
+from dwf_jax.models import INIT_SCHEMES, MIXED, MODEL_NAMES, model_config, output_width
 
 # Noise scales beyond this are not weights any more: float32 samples overflow long before 1e30.
 MAX_NOISE_STD = 100.0
@@ -255,7 +255,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 def _validate_model(model: ml_collections.ConfigDict) -> None:
     """The values of the architecture's fields (`_validate_structure` checked which fields there are)."""
     if model.name == "mlp":
-        _check_choice(model.init_scheme, tuple(INIT_SCHEMES), "model.init_scheme")
+        _check_choice(model.init_scheme, (*INIT_SCHEMES, MIXED), "model.init_scheme")
         _check(
             len(model.features) >= 1 and min(model.features) >= 1,
             f"model.features={model.features} needs positive widths",

@@ -22,7 +22,7 @@ from dwf_jax.config import pca_components
 from dwf_jax.data import Dataset
 from dwf_jax.diversity import weight_quantiles
 from dwf_jax.evaluate import ensemble_accuracy, ensemble_predictions, percent_correct
-from dwf_jax.models import build_model, permutation_spec
+from dwf_jax.models import build_model, model_initializer, permutation_spec
 from dwf_jax.workdir import Workdir
 from dwf_jax.zoo_store import Flattener, ZooStore, check_finite, concatenate, write_rows
 
@@ -129,6 +129,7 @@ def train_chunks(
             seed=config.seed,
             model_indices=indices,
             epochs=z.epochs,
+            init=model_initializer(config.model),
             batch_size=z.batch_size,
             inputs=input_pipeline(dataset.name, config.data.augment),
             drop_last=z.drop_last,

@@ -46,7 +46,8 @@ FORMAT_FILE = "workdir_format.json"
 # Version of the stage layout and random streams; workdirs of another version are refused.
 # 2: matrix files for every zoo-sized stage, stage keys disjoint from model keys.
 # 3: every stage and training checkpoint has a manifest (checksums, the stage's settings).
-FORMAT = 3
+# 4: the MLP scheme 'kaiming' gained torch's bias init; the old zero-bias one is 'kaiming_zero_bias'.
+FORMAT = 4
 # What each stage is computed from: recomputing a stage makes everything computed from it stale.
 UPSTREAM = {
     "canonical": ("zoo",),

@@ -103,6 +103,7 @@ def train_models(
     seed: int,
     model_indices: np.ndarray,
     epochs: int,
+    init: Callable[[jax.Array, jax.Array, jax.Array], PyTree] | None = None,
     batch_size: int,
     inputs: InputPipeline,
     drop_last: bool = False,
@@ -120,11 +121,14 @@ def train_models(
     gradients inside loops and vmaps several times slower than alone, so CNN
     configs on CPU use one model at a time and no scan. With `saves`, the
     state is saved every `checkpoint_every` epochs (step = epochs done) and
-    training continues from the latest save that restores.
+    training continues from the latest save that restores. `init(key, model_index,
+    sample)` draws a model's variables (default: `model.init`; a mixed-init zoo
+    passes `models.model_initializer`).
     """
     init_keys, data_keys = model_keys(seed, model_indices)
     sample = inputs.eval(jnp.asarray(x_train[:1]))
-    variables = jax.jit(jax.vmap(lambda k: model.init({"params": k, "dropout": k}, sample, train=False)))(init_keys)
+    init = init or (lambda key, index, sample: model.init({"params": key, "dropout": key}, sample, train=False))
+    variables = jax.jit(jax.vmap(init, in_axes=(0, 0, None)))(init_keys, jnp.asarray(model_indices), sample)
     opt_state = jax.jit(jax.vmap(lambda v: tx.init(v["params"])))(variables)
     step = make_train_step(model, tx, inputs)
     plan = jax.jit(

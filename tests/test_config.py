@@ -174,7 +174,7 @@ def test_model_config_holds_only_the_fields_of_its_architecture():
         validate_config(config)
     with pytest.raises(ValueError, match="model 'smallcnn' has no field 'features'"):
         model_config("smallcnn", features=(4, 3))
-    mlp = {"name": "mlp", "features": [8, 3], "init_scheme": "kaiming"}
+    mlp = {"name": "mlp", "features": [8, 3], "init_scheme": "kaiming_zero_bias"}
     assert report.model_fields(model_config("mlp", features=(8, 3))) == mlp
     assert report.model_fields(model_config("resnet18")) == {"name": "resnet18"}
 

@@ -1,11 +1,12 @@
 """Flax linen models whose variables are plain pytrees (vmappable over a zoo)."""
 
 from dwf_jax.models.cnn import SmallCNN
-from dwf_jax.models.mlp import INIT_SCHEMES, MLP
+from dwf_jax.models.mlp import INIT_SCHEMES, MIXED, MLP, scheme_of_model
 from dwf_jax.models.registry import (
     MODEL_FIELDS,
     MODEL_NAMES,
     build_model,
+    model_initializer,
     model_config,
     output_width,
     permutation_spec,
@@ -16,6 +17,9 @@ from dwf_jax.models.specs import resnet_permutation_spec, smallcnn_permutation_s
 __all__ = [
     "MLP",
     "INIT_SCHEMES",
+    "MIXED",
+    "scheme_of_model",
+    "model_initializer",
     "BasicBlock",
     "ResNet",
     "SmallCNN",

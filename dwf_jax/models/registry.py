@@ -1,19 +1,21 @@
 """Build a model and its permutation spec from `config.model`, whose fields depend on the architecture."""
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
+import jax
 import ml_collections
 
 from dwf_jax import permutations
 from dwf_jax.models.cnn import SmallCNN
-from dwf_jax.models.mlp import MLP
+from dwf_jax.models.mlp import INIT_SCHEMES, MIXED, MLP, scheme_of_model
 from dwf_jax.models.resnet import ResNet, resnet18, resnet20
 from dwf_jax.models.specs import resnet_permutation_spec, smallcnn_permutation_spec
 
 # Each architecture's config fields beside `name`, with their defaults.
 MODEL_FIELDS: dict[str, dict[str, Any]] = {
-    "mlp": {"features": (16, 3), "init_scheme": "kaiming"},
+    "mlp": {"features": (16, 3), "init_scheme": "kaiming_zero_bias"},
     "smallcnn": {},
     "resnet20": {},
     "resnet18": {},
@@ -36,7 +38,7 @@ def model_config(name: str, **fields: Any) -> ml_collections.ConfigDict:
 def build_model(model_config: ml_collections.ConfigDict) -> nn.Module:
     """The model named by `model_config.name`, built from its fields."""
     if model_config.name == "mlp":
-        return MLP(features=tuple(model_config.features), init_scheme=model_config.init_scheme)
+        return MLP(features=tuple(model_config.features), init_scheme=scheme_of_model(model_config.init_scheme, 0))
     if model_config.name == "smallcnn":
         return SmallCNN()
     if model_config.name == "resnet20":
@@ -44,6 +46,20 @@ def build_model(model_config: ml_collections.ConfigDict) -> nn.Module:
     if model_config.name == "resnet18":
         return resnet18()
     raise ValueError(f"unknown model {model_config.name!r}; choose one of {list(MODEL_NAMES)}")
+
+
+def model_initializer(model_config: ml_collections.ConfigDict) -> Callable[[jax.Array, jax.Array, jax.Array], Any]:
+    """`init(key, model_index, sample) -> variables` of zoo model `model_index`.
+
+    Every model of a zoo is drawn the same way, except in a mixed-init MLP zoo,
+    where model i uses the (i mod 5)-th scheme of INIT_SCHEMES.
+    """
+    if model_config.name == "mlp" and model_config.init_scheme == MIXED:
+        models = [MLP(features=tuple(model_config.features), init_scheme=scheme) for scheme in INIT_SCHEMES]
+        branches = [lambda key, sample, m=m: m.init({"params": key, "dropout": key}, sample, train=False) for m in models]
+        return lambda key, index, sample: jax.lax.switch(index % len(models), branches, key, sample)
+    model = build_model(model_config)
+    return lambda key, index, sample: model.init({"params": key, "dropout": key}, sample, train=False)
 
 
 def output_width(model_config: ml_collections.ConfigDict) -> int:
