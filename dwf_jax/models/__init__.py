@@ -6,8 +6,8 @@ from dwf_jax.models.registry import (
     MODEL_FIELDS,
     MODEL_NAMES,
     build_model,
-    model_initializer,
     model_config,
+    model_initializer,
     output_width,
     permutation_spec,
 )

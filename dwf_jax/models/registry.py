@@ -56,7 +56,9 @@ def model_initializer(model_config: ml_collections.ConfigDict) -> Callable[[jax.
     """
     if model_config.name == "mlp" and model_config.init_scheme == MIXED:
         models = [MLP(features=tuple(model_config.features), init_scheme=scheme) for scheme in INIT_SCHEMES]
-        branches = [lambda key, sample, m=m: m.init({"params": key, "dropout": key}, sample, train=False) for m in models]
+        branches = [
+            lambda key, sample, m=m: m.init({"params": key, "dropout": key}, sample, train=False) for m in models
+        ]
         return lambda key, index, sample: jax.lax.switch(index % len(models), branches, key, sample)
     model = build_model(model_config)
     return lambda key, index, sample: model.init({"params": key, "dropout": key}, sample, train=False)
