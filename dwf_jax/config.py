@@ -73,6 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.flow.iterations = 30_000
     config.flow.batch_size = 8
     config.flow.sigma = 1e-3
+    config.flow.source = "gaussian"  # gaussian: N(0, source_std^2); kaiming: Kaiming-initialised networks (Table 16)
     config.flow.source_std = 0.01
     config.flow.time_distribution = "uniform"
     config.flow.beta = (2.0, 5.0)
@@ -230,6 +231,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check(
         0 < f.source_std <= MAX_NOISE_STD,
         f"flow.source_std={f.source_std} must be in (0, {MAX_NOISE_STD}] (the paper uses 0.01)",
+    )
+    _check_choice(f.source, flow.SOURCES, "flow.source")
+    _check(
+        f.source == "gaussian" or config.pca.method == "none",
+        f"flow.source={f.source!r} draws networks in weight space; it needs pca.method='none', "
+        f"not {config.pca.method!r}",
     )
     _check(0 <= f.sigma <= MAX_NOISE_STD, f"flow.sigma={f.sigma} must be in [0, {MAX_NOISE_STD}]")
     _check_choice(f.time_distribution, flow.TIME_DISTRIBUTIONS, "flow.time_distribution")

@@ -11,6 +11,7 @@ from absl import logging
 from tqdm.auto import tqdm
 
 from dwf_jax import checkpoints, flow, keys
+from dwf_jax.zoo_store import Flattener
 
 PyTree = Any
 
@@ -20,8 +21,19 @@ def build_flow(config: ml_collections.ConfigDict, dim: int) -> flow.VelocityFiel
     return flow.VelocityField(dim=dim, hidden=f.hidden, time_embed_dim=f.time_embed_dim, dropout=f.dropout)
 
 
+def flow_source(config: ml_collections.ConfigDict, template: PyTree) -> flow.Source:
+    """N(0, flow.source_std^2) per coordinate, or (flow.source='kaiming') a Kaiming-initialised network's weights."""
+    if config.flow.source == "kaiming":
+        return flow.Source("uniform", jnp.asarray(Flattener(template).flatten(flow.kaiming_bounds(template))))
+    return flow.Source("normal", config.flow.source_std)
+
+
 def train_flow_stage(
-    config: ml_collections.ConfigDict, weights: jax.Array, saves: checkpoints.TrainingCheckpoints, progress: bool
+    config: ml_collections.ConfigDict,
+    weights: jax.Array,
+    source: flow.Source,
+    saves: checkpoints.TrainingCheckpoints,
+    progress: bool,
 ) -> PyTree:
     """Train the flow on the zoo in its space ((N, D) weights or (N, k) coefficients), with checkpoints."""
     f = config.flow
@@ -38,7 +50,7 @@ def train_flow_stage(
         model,
         tx,
         batch_size=batch_size,
-        source_std=f.source_std,
+        source=source,
         sigma=f.sigma,
         time_distribution=f.time_distribution,
         beta=tuple(f.beta),
@@ -76,7 +88,9 @@ def train_flow_stage(
     return {"params": state.params, "losses": losses, "num_params": np.asarray(num_params)}
 
 
-def sample_stage(config: ml_collections.ConfigDict, flow_params: PyTree, dim: int, progress: bool) -> np.ndarray:
+def sample_stage(
+    config: ml_collections.ConfigDict, flow_params: PyTree, dim: int, source: flow.Source, progress: bool
+) -> np.ndarray:
     """The whole generated ensemble (in the flow's space) from one integration of the flow."""
     s = config.sample
     model = build_flow(config, dim)
@@ -93,7 +107,7 @@ def sample_stage(config: ml_collections.ConfigDict, flow_params: PyTree, dim: in
             k,
             s.num_samples,
             dim,
-            source_std=config.flow.source_std,
+            source=source,
             num_steps=s.steps,
             method=s.method,
             on_step=(lambda _: bar.update(1)) if progress else None,

@@ -21,7 +21,8 @@ from dwf_jax.config import pca_components, validate_config
 from dwf_jax.data import Dataset, load_dataset
 from dwf_jax.diversity import geometry
 from dwf_jax.evaluate import zoo_distances
-from dwf_jax.flow_stage import sample_stage, train_flow_stage
+from dwf_jax.flow import Source
+from dwf_jax.flow_stage import flow_source, sample_stage, train_flow_stage
 from dwf_jax.pca import inverse_transform_to_file
 from dwf_jax.settings import stage_settings
 from dwf_jax.workdir import Workdir, locked
@@ -87,10 +88,15 @@ def weight_space(
 
 
 def generate(
-    config: ml_collections.ConfigDict, flow_params: dict, space: WeightSpace, work: Workdir, progress: bool
+    config: ml_collections.ConfigDict,
+    flow_params: dict,
+    space: WeightSpace,
+    source: Source,
+    work: Workdir,
+    progress: bool,
 ) -> dict:
     """Sample the ensemble in the flow's space and write its full weights; a diverged flow is an error."""
-    samples = sample_stage(config, flow_params, space.data.shape[1], progress)
+    samples = sample_stage(config, flow_params, space.data.shape[1], source, progress)
     advice = (
         f"The flow diverged: delete {work.stage('flow')} and {work.flow_checkpoints}, "
         "and retrain with a lower flow.learning_rate."
@@ -117,8 +123,9 @@ def run_stages(config: ml_collections.ConfigDict, dataset: Dataset, work: Workdi
     canonical = stages.open_stage(config, work, "canonical", num_models, flattener)
     space = weight_space(config, canonical, flattener, work)
     saves = work.training_checkpoints("flow", work.flow_checkpoints)
-    flow = work.run("flow", lambda: train_flow_stage(config, jnp.asarray(space.data), saves, progress))
-    work.run("samples", lambda: generate(config, flow["params"], space, work, progress))
+    source = flow_source(config, template)
+    flow = work.run("flow", lambda: train_flow_stage(config, jnp.asarray(space.data), source, saves, progress))
+    work.run("samples", lambda: generate(config, flow["params"], space, source, work, progress))
     generated = stages.open_stage(config, work, "samples", config.sample.num_samples, flattener)
 
     accuracy = {

@@ -57,6 +57,8 @@ BAD_VALUES = [
     ({"canonical.reference": -1}, "canonical.reference=-1 must index a zoo model"),
     ({"canonical.max_iter": 0}, "canonical.max_iter=0 must be >= 1"),
     ({"pca.method": "kernel"}, "pca.method='kernel'"),
+    ({"flow.source": "laplace"}, "flow.source='laplace'"),
+    ({"flow.source": "kaiming", "pca.method": "dual"}, "flow.source='kaiming' draws networks in weight space"),
     (
         {"pca.method": "dual", "pca.components": 0},
         "pca.components=0 must be -1 (all) or in [1, zoo.num_models - 1 = 99]",

@@ -46,7 +46,13 @@ def _toy_training(iterations):
     tx = flow.make_optimizer(3e-3, 1e-5, iterations)
     state = flow.create_flow_state(model, tx, jax.random.key(1))
     train_chunk = flow.make_train_chunk(
-        model, tx, batch_size=8, source_std=1.0, sigma=1e-3, time_distribution="uniform", beta=(2.0, 5.0)
+        model,
+        tx,
+        batch_size=8,
+        source=flow.Source("normal", 1.0),
+        sigma=1e-3,
+        time_distribution="uniform",
+        beta=(2.0, 5.0),
     )
     state, losses = train_chunk(state, jax.random.key(2), data, iterations)
     return model, state, losses
@@ -60,7 +66,7 @@ def test_flow_loss_decreases_and_samples_land_on_the_data():
         jax.random.key(3),
         64,
         4,
-        source_std=1.0,
+        source=flow.Source("normal", 1.0),
         num_steps=50,
         method="rk4",
     )

@@ -14,8 +14,9 @@ from dwf_jax import flow, zoo
 from dwf_jax.data import load_dataset
 from dwf_jax.evaluate import ensemble_accuracy
 from dwf_jax.flow.train import minibatch_indices
-from dwf_jax.flow_stage import sample_stage
+from dwf_jax.flow_stage import flow_source, sample_stage
 from dwf_jax.models import MLP
+from dwf_jax.zoo_store import Flattener
 
 
 def _numpy_loss(velocity, key, x1, source_std, sigma, beta=None):
@@ -45,7 +46,7 @@ def test_flow_matching_loss_equals_its_formula(source_std, sigma, distribution):
         velocity,
         key,
         jnp.asarray(x1, jnp.float32),
-        source_std=source_std,
+        source=flow.Source("normal", source_std),
         sigma=sigma,
         time_distribution=distribution,
         beta=beta,
@@ -75,25 +76,50 @@ def test_rk4_step_is_the_classic_tableau():
 
 def test_the_source_distribution_has_the_configured_moments():
     samples = flow.sample_ensemble(
-        lambda x, t: jnp.zeros_like(x), jax.random.key(0), 400, 500, source_std=0.05, num_steps=3, method="rk4"
+        lambda x, t: jnp.zeros_like(x),
+        jax.random.key(0),
+        400,
+        500,
+        source=flow.Source("normal", 0.05),
+        num_steps=3,
+        method="rk4",
     )
     assert abs(float(jnp.mean(samples))) < 0.05 * 0.01
     np.testing.assert_allclose(float(jnp.std(samples)), 0.05, rtol=0.01)
 
 
-def test_the_sampler_stage_starts_from_flow_source_std():
-    """A fresh flow's output layer is zero, so its samples are the source noise itself."""
+def _fresh_flow_samples(source: str, template, num_samples: int) -> np.ndarray:
+    """A fresh flow's output layer is zero, so its samples are the source points themselves."""
     config = ml_collections.ConfigDict(
         {
             "seed": 0,
-            "flow": {"hidden": 8, "time_embed_dim": 4, "dropout": 0.0, "source_std": 0.03},
-            "sample": {"num_samples": 200, "steps": 2, "method": "euler"},
+            "flow": {"hidden": 8, "time_embed_dim": 4, "dropout": 0.0, "source": source, "source_std": 0.03},
+            "sample": {"num_samples": num_samples, "steps": 2, "method": "euler"},
         }
     )
-    model = flow.VelocityField(dim=300, hidden=8, time_embed_dim=4, dropout=0.0)
+    dim = Flattener(template).dim
+    model = flow.VelocityField(dim=dim, hidden=8, time_embed_dim=4, dropout=0.0)
     params = flow.create_flow_state(model, flow.make_optimizer(1e-3, 0.0, 10), jax.random.key(1)).params
-    samples = sample_stage(config, params, 300, progress=False)
+    return sample_stage(config, params, dim, flow_source(config, template), progress=False)
+
+
+def test_the_sampler_stage_starts_from_flow_source_std():
+    samples = _fresh_flow_samples("gaussian", {"params": {"w": jnp.zeros((300,))}}, 200)
     np.testing.assert_allclose(np.std(samples), 0.03, rtol=0.01)
+
+
+def test_the_kaiming_source_draws_freshly_initialised_networks():
+    """Kernels U(-sqrt(6/fan_in), sqrt(6/fan_in)) per layer, like the zoo's first step; biases 0."""
+    model = MLP((32, 10))
+    template = model.init(jax.random.key(0), jnp.zeros((1, 784)))
+    samples = _fresh_flow_samples("kaiming", template, 20)
+    networks = Flattener(template).unflatten_rows(samples)["params"]
+    for layer, fan_in in (("Dense_0", 784), ("Dense_1", 32)):
+        kernel, bound = np.asarray(networks[layer]["kernel"]), np.sqrt(6.0 / fan_in)
+        assert np.max(np.abs(kernel)) <= bound
+        np.testing.assert_allclose(np.std(kernel), bound / np.sqrt(3.0), rtol=0.02)
+        assert np.all(np.asarray(networks[layer]["bias"]) == 0)
+    assert np.std(samples[0] - samples[1]) > 0
 
 
 @pytest.mark.parametrize("num_examples, batch_size, drop_last", [(10, 4, False), (10, 4, True), (12, 4, False)])

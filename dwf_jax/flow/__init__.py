@@ -3,12 +3,17 @@
 from dwf_jax.flow.loss import TIME_DISTRIBUTIONS, flow_matching_loss, sample_time
 from dwf_jax.flow.model import VelocityField
 from dwf_jax.flow.sample import ODE_METHODS, integrate, num_function_evals, sample_ensemble
+from dwf_jax.flow.source import SOURCES, Source, draw, kaiming_bounds
 from dwf_jax.flow.train import FlowState, create_flow_state, make_optimizer, make_train_chunk
 
 __all__ = [
     "ODE_METHODS",
     "TIME_DISTRIBUTIONS",
     "VelocityField",
+    "SOURCES",
+    "Source",
+    "draw",
+    "kaiming_bounds",
     "flow_matching_loss",
     "sample_time",
     "integrate",

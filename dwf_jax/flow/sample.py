@@ -6,6 +6,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from dwf_jax.flow.source import Source, draw
+
 Velocity = Callable[[jax.Array, jax.Array], jax.Array]
 _STAGES = {"rk4": 4, "euler": 1}
 ODE_METHODS = tuple(_STAGES)
@@ -64,11 +66,11 @@ def sample_ensemble(
     num_samples: int,
     dim: int,
     *,
-    source_std: float,
+    source: Source,
     num_steps: int,
     method: str,
     on_step: Callable[[jax.Array], None] | None = None,
 ) -> jax.Array:
     """(num_samples, dim) generated weight vectors, the whole ensemble in one integration."""
-    x0 = source_std * jax.random.normal(key, (num_samples, dim))
+    x0 = draw(source, key, (num_samples, dim))
     return integrate(velocity, x0, num_steps, method, on_step)

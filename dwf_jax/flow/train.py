@@ -14,6 +14,7 @@ import optax
 
 from dwf_jax.flow.loss import flow_matching_loss
 from dwf_jax.flow.model import VelocityField
+from dwf_jax.flow.source import Source
 
 PyTree = Any
 
@@ -48,7 +49,7 @@ def make_train_chunk(
     tx: optax.GradientTransformation,
     *,
     batch_size: int,
-    source_std: float,
+    source: Source,
     sigma: float,
     time_distribution: str,
     beta: tuple[float, float],
@@ -68,7 +69,7 @@ def make_train_chunk(
                 velocity,
                 loss_key,
                 x1,
-                source_std=source_std,
+                source=source,
                 sigma=sigma,
                 time_distribution=time_distribution,
                 beta=beta,
