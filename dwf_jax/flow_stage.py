@@ -16,9 +16,11 @@ from dwf_jax.zoo_store import Flattener
 PyTree = Any
 
 
-def build_flow(config: ml_collections.ConfigDict, dim: int) -> flow.VelocityField:
+def build_flow(config: ml_collections.ConfigDict, dim: int, num_conditions: int = 0) -> flow.VelocityField:
     f = config.flow
-    return flow.VelocityField(dim=dim, hidden=f.hidden, time_embed_dim=f.time_embed_dim, dropout=f.dropout)
+    return flow.VelocityField(
+        dim=dim, hidden=f.hidden, time_embed_dim=f.time_embed_dim, dropout=f.dropout, num_conditions=num_conditions
+    )
 
 
 def flow_source(config: ml_collections.ConfigDict, template: PyTree) -> flow.Source:
@@ -34,10 +36,17 @@ def train_flow_stage(
     source: flow.Source,
     saves: checkpoints.TrainingCheckpoints,
     progress: bool,
+    conditions: np.ndarray | None = None,
+    num_conditions: int = 0,
 ) -> PyTree:
-    """Train the flow on the zoo in its space ((N, D) weights or (N, k) coefficients), with checkpoints."""
+    """Train the flow on the zoo in its space ((N, D) weights or (N, k) coefficients), with checkpoints.
+
+    A conditioned flow (`num_conditions` > 0) sees each row's integer in `conditions` (0..num_conditions-1).
+    """
     f = config.flow
-    model = build_flow(config, weights.shape[1])
+    model = build_flow(config, weights.shape[1], num_conditions)
+    if num_conditions:
+        conditions = jnp.asarray(conditions, jnp.int32)
     tx = flow.make_optimizer(f.learning_rate, f.weight_decay, f.iterations)
     root = keys.stage_key(config.seed, "flow")
     state = flow.create_flow_state(model, tx, jax.random.fold_in(root, 0))
@@ -66,7 +75,7 @@ def train_flow_stage(
     while int(state.step) < f.iterations:
         step = int(state.step)
         num_steps = min(f.steps_per_dispatch, f.iterations - step, f.checkpoint_every - step % f.checkpoint_every)
-        state, chunk_losses = train_chunk(state, train_key, weights, num_steps)
+        state, chunk_losses = train_chunk(state, train_key, weights, num_steps, conditions)
         losses[step : step + num_steps] = np.asarray(chunk_losses)
         if not np.all(np.isfinite(chunk_losses)):
             raise FloatingPointError(
@@ -89,16 +98,28 @@ def train_flow_stage(
 
 
 def sample_stage(
-    config: ml_collections.ConfigDict, flow_params: PyTree, dim: int, source: flow.Source, progress: bool
+    config: ml_collections.ConfigDict,
+    flow_params: PyTree,
+    dim: int,
+    source: flow.Source,
+    progress: bool,
+    condition: int | None = None,
+    num_conditions: int = 0,
 ) -> np.ndarray:
-    """The whole generated ensemble (in the flow's space) from one integration of the flow."""
+    """The whole generated ensemble (in the flow's space) from one integration of the flow.
+
+    A conditioned flow samples the ensemble of one `condition`, from its own noise.
+    """
     s = config.sample
-    model = build_flow(config, dim)
+    model = build_flow(config, dim, num_conditions)
 
     def velocity(x, t):
-        return model.apply({"params": flow_params}, x, t, train=False)
+        labels = None if condition is None else jnp.full((x.shape[0],), condition, jnp.int32)
+        return model.apply({"params": flow_params}, x, t, train=False, condition=labels)
 
     key = keys.stage_key(config.seed, "sample")
+    if condition is not None:
+        key = jax.random.fold_in(key, condition)
     bar = tqdm(total=s.steps, desc="sampling", unit="ODE step", disable=not progress)
     start = time.perf_counter()
     sample = jax.jit(

@@ -106,6 +106,23 @@ def generate(
     return {"samples": samples}
 
 
+def canonical_zoo(
+    config: ml_collections.ConfigDict,
+    dataset: Dataset,
+    work: Workdir,
+    flattener: Flattener,
+    evaluate: stages.Evaluator,
+    progress: bool,
+) -> tuple[dict, ZooStore, dict, ZooStore]:
+    """The zoo and canonical stages (run or loaded) and their stores: what every flow is trained from."""
+    num_models = config.zoo.num_models
+    zoo_stage = work.run("zoo", lambda: stages.train_zoo(config, dataset, flattener, evaluate, work, progress))
+    work.remove_zoo_chunks()
+    original = stages.open_stage(config, work, "zoo", num_models, flattener)
+    canonical_stage = work.run("canonical", lambda: stages.canonicalize(config, original, flattener, evaluate, work))
+    return zoo_stage, original, canonical_stage, stages.open_stage(config, work, "canonical", num_models, flattener)
+
+
 def run_stages(config: ml_collections.ConfigDict, dataset: Dataset, work: Workdir, progress: bool) -> dict:
     """Run (or resume) every stage in `work` and write the report."""
     logging.info(
@@ -114,13 +131,10 @@ def run_stages(config: ml_collections.ConfigDict, dataset: Dataset, work: Workdi
     template = stages.model_template(config, dataset)
     flattener = Flattener(template)
     evaluate = stages.evaluator(config, dataset)
-    num_models, group = config.zoo.num_models, config.zoo.models_per_chunk
-
-    zoo_stage = work.run("zoo", lambda: stages.train_zoo(config, dataset, flattener, evaluate, work, progress))
-    work.remove_zoo_chunks()
-    original = stages.open_stage(config, work, "zoo", num_models, flattener)
-    canonical_stage = work.run("canonical", lambda: stages.canonicalize(config, original, flattener, evaluate, work))
-    canonical = stages.open_stage(config, work, "canonical", num_models, flattener)
+    group = config.zoo.models_per_chunk
+    zoo_stage, original, canonical_stage, canonical = canonical_zoo(
+        config, dataset, work, flattener, evaluate, progress
+    )
     space = weight_space(config, canonical, flattener, work)
     saves = work.training_checkpoints("flow", work.flow_checkpoints)
     source = flow_source(config, template)

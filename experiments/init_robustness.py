@@ -132,6 +132,7 @@ def markdown(rows: list[dict], provenance: dict) -> str:
     mixed = next(row for row in rows if row["zoo"] == "mixed")
     lines = [
         *common.header_lines("Robustness across initialization schemes (Iris MLP, mixed-init zoo)", provenance),
+        "",
         f"Zoos of 100 Iris MLPs [4, 16, 3]; the mixed zoo draws model i with scheme i mod 5 of "
         f"{list(INIT_SCHEMES)} (20 models each). Flow: {mixed['flow_space']}, h={mixed['flow_hidden']}, "
         f"{FLAGS.flow_iterations} iterations, 100 generated models per run. {PAPER}",
@@ -149,6 +150,8 @@ def markdown(rows: list[dict], provenance: dict) -> str:
                 f"| {zoo} | {scheme} | {entry['num_originals']} | {common.mean_std(accuracy)} "
                 f"| {accuracy['min']:.2f} | {accuracy['max']:.2f} |"
             )
+        if len(row["per_scheme"]) == 1:
+            continue
         accuracy = row["original_accuracy"]
         lines.append(
             f"| {zoo} | all | {sum(e['num_originals'] for e in row['per_scheme'].values())} "

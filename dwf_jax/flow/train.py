@@ -33,7 +33,8 @@ def make_optimizer(learning_rate: float, weight_decay: float, iterations: int) -
 
 def create_flow_state(model: VelocityField, tx: optax.GradientTransformation, key: jax.Array) -> FlowState:
     x = jnp.zeros((1, model.dim))
-    params = model.init(key, x, jnp.zeros((1,)), train=False)["params"]
+    condition = jnp.zeros((1,), jnp.int32) if model.num_conditions else None
+    params = model.init(key, x, jnp.zeros((1,)), train=False, condition=condition)["params"]
     return FlowState(params, tx.init(params), jnp.zeros((), jnp.int32))
 
 
@@ -54,16 +55,24 @@ def make_train_chunk(
     time_distribution: str,
     beta: tuple[float, float],
 ) -> Callable[[FlowState, jax.Array, jax.Array, int], tuple[FlowState, jax.Array]]:
-    """Returns jitted `train_chunk(state, key, data, num_steps) -> (state, per-step losses)`."""
+    """Returns jitted `train_chunk(state, key, data, num_steps, conditions=None) -> (state, per-step losses)`.
 
-    def train_step(state: FlowState, key: jax.Array, data: jax.Array) -> tuple[FlowState, jax.Array]:
+    `conditions` (one integer per row of `data`) is what a conditioned flow sees beside each row.
+    """
+
+    def train_step(
+        state: FlowState, key: jax.Array, data: jax.Array, conditions: jax.Array | None
+    ) -> tuple[FlowState, jax.Array]:
         shuffle_key, step_key = jax.random.split(key)
         loss_key, dropout_key = jax.random.split(jax.random.fold_in(step_key, state.step))
-        x1 = data[minibatch_indices(shuffle_key, state.step, data.shape[0], batch_size)]
+        indices = minibatch_indices(shuffle_key, state.step, data.shape[0], batch_size)
+        x1, condition = data[indices], None if conditions is None else conditions[indices]
 
         def loss_fn(params):
             def velocity(x, t):
-                return model.apply({"params": params}, x, t, train=True, rngs={"dropout": dropout_key})
+                return model.apply(
+                    {"params": params}, x, t, train=True, condition=condition, rngs={"dropout": dropout_key}
+                )
 
             return flow_matching_loss(
                 velocity,
@@ -79,7 +88,9 @@ def make_train_chunk(
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         return FlowState(optax.apply_updates(state.params, updates), opt_state, state.step + 1), loss
 
-    def train_chunk(state: FlowState, key: jax.Array, data: jax.Array, num_steps: int):
-        return jax.lax.scan(lambda s, _: train_step(s, key, data), state, None, length=num_steps)
+    def train_chunk(
+        state: FlowState, key: jax.Array, data: jax.Array, num_steps: int, conditions: jax.Array | None = None
+    ):
+        return jax.lax.scan(lambda s, _: train_step(s, key, data, conditions), state, None, length=num_steps)
 
     return jax.jit(train_chunk, static_argnums=3, donate_argnums=0)
