@@ -24,6 +24,7 @@ from .apply import apply_permutation, inverse_permutation
 from .matching import MatchResult, weight_matching
 from .random import random_permutation
 from .spec import Axes, group_axes, group_sizes, validate
+from .transfusion import match_heads, transfusion
 
 __all__ = [
     "Axes",
@@ -33,6 +34,8 @@ __all__ = [
     "group_axes",
     "group_sizes",
     "inverse_permutation",
+    "match_heads",
+    "transfusion",
     "random_permutation",
     "validate",
     "weight_matching",

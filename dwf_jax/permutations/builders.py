@@ -65,3 +65,51 @@ def mlp_permutation_spec(
     for i in range(num_layers):
         layers.update(dense(layer_name(i), group(i - 1), group(i)))
     return layers if collection is None else {collection: layers}
+
+
+def multi_head_attention(name: str, residual: Group, heads: Group, qk: Group, vo: Group) -> SubSpec:
+    """Flax `nn.MultiHeadDotProductAttention`: q/k/v kernels (dim, heads, head_dim), out (heads, head_dim, dim).
+
+    Whole heads move together (`heads` on every projection), the query and key
+    dimensions of a head together (`qk`: scores are their dot products) and the
+    value dimensions with the output rows they feed (`vo`). One `qk` / `vo`
+    permutation acts within every head of the block.
+    """
+    projection = {"kernel": Axes(residual, heads, qk), "bias": Axes(heads, qk)}
+    value = {"kernel": Axes(residual, heads, vo), "bias": Axes(heads, vo)}
+    out = {"kernel": Axes(heads, vo, residual), "bias": Axes(residual)}
+    return {name: {"query": projection, "key": dict(projection), "value": value, "out": out}}
+
+
+def vit_permutation_spec(depth: int, residual: str = "residual") -> dict:
+    """Spec for a pre-LayerNorm ViT (`dwf_jax.models.ViT` names): one residual-stream group shared by every block.
+
+    Everything added into or read from the stream carries `residual`: the patch
+    embedding's output channels, class token, positional embedding, every
+    LayerNorm (mean and variance do not depend on the order of features), each
+    attention's input and output projections, each MLP's input and output. Per
+    block `block_{i}`: groups `block_{i}/heads`, `/qk`, `/vo` and `/mlp`;
+    `vit_head_groups(depth)` lists the head groups for `transfusion`.
+    """
+    params: dict = {
+        **conv("patch_embedding", None, residual),
+        "cls_token": Axes(None, None, residual),
+        "pos_embedding": Axes(None, None, residual),
+        **batch_norm("norm", residual),
+        **dense("head", residual, None),
+    }
+    for i in range(depth):
+        block = f"block_{i}"
+        params[block] = {
+            **batch_norm("norm1", residual),
+            **multi_head_attention("attention", residual, f"{block}/heads", f"{block}/qk", f"{block}/vo"),
+            **batch_norm("norm2", residual),
+            **dense("mlp_in", residual, f"{block}/mlp"),
+            **dense("mlp_out", f"{block}/mlp", residual),
+        }
+    return {"params": params}
+
+
+def vit_head_groups(depth: int) -> list[str]:
+    """The head groups of `vit_permutation_spec(depth)`, which TransFusion matches by their spectra."""
+    return [f"block_{i}/heads" for i in range(depth)]

@@ -9,6 +9,7 @@ permutation of group g is a linear assignment problem.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, NamedTuple
 
 import jax
@@ -79,6 +80,7 @@ def weight_matching(
     max_iter: int = 100,
     tol: float = 1e-12,
     init_perms: dict[str, Any] | None = None,
+    fixed: Collection[str] = (),
 ) -> MatchResult:
     """Permutations of `params` that best match `reference` (Git Re-Basin).
 
@@ -87,6 +89,7 @@ def weight_matching(
     assignment only if that raises its similarity by more than
     `tol * max(|old|, 1)`, so the objective never decreases. Stops after a
     sweep with no improvement or after `max_iter` sweeps (at least 1).
+    Groups in `fixed` keep their `init_perms` (TransFusion fixes heads this way).
     Leaves without permuted axes are constant under permutation and are skipped.
 
     All work happens on host in float64; the arrays are converted once. Every
@@ -120,8 +123,11 @@ def weight_matching(
         for axis, group in axes.permuted():
             terms[group].append(_Term(i, axis, _flat(refs[i], axis)))
 
-    groups = list(sizes)
-    sweeps, converged = 0, False
+    unknown = sorted(set(fixed) - set(sizes))
+    if unknown:
+        raise ValueError(f"weight_matching: fixed group(s) {unknown} are not groups of the spec")
+    groups = [group for group in sizes if group not in fixed]
+    sweeps, converged = 0, not groups
     while sweeps < max_iter and not converged:
         key, order_key = jax.random.split(key)
         sweeps += 1
