@@ -9,7 +9,7 @@ initial weights. `dwf_jax.conditioned.run` trains one full-weight flow on the
 200 canonical networks, each with its dataset's index embedded beside the
 time, and samples 100 networks per dataset. The MNIST zoo and its canonical
 stage are copied from table5_rebasin.py's MNIST runs when they exist (same
-settings). Writes experiments/results/table19_conditioned.{md,json}.
+settings). Writes experiments/results/table19_conditioned_h<hidden>.{md,json}.
 """
 
 import pathlib
@@ -102,7 +102,7 @@ def markdown(result: dict, provenance: dict) -> str:
 
 def main(argv: list[str]) -> None:
     del argv
-    common.run_and_write("table19_conditioned", run_rows, markdown)
+    common.run_and_write(f"table19_conditioned_h{FLAGS.hidden}", run_rows, markdown)
 
 
 if __name__ == "__main__":
