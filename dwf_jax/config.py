@@ -16,7 +16,7 @@ from dwf_jax import canonical, flow, pca, zoo
 from dwf_jax.bn_recalibration import CALIBRATION_DATA
 from dwf_jax.data import DATASETS, NUM_CLASSES, SOURCES
 from dwf_jax.keys import MAX_MODELS
-from dwf_jax.models import INIT_SCHEMES, MIXED, MODEL_NAMES, model_config, output_width
+from dwf_jax.models import INIT_SCHEMES, MIXED, MODEL_NAMES, attention_head_groups, model_config, output_width
 
 # Noise scales beyond this are not weights any more: float32 samples overflow long before 1e30.
 MAX_NOISE_STD = 100.0
@@ -194,6 +194,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check(z.weight_decay >= 0, f"zoo.weight_decay={z.weight_decay} must be >= 0")
     _check_choice(config.canonical.method, canonical.METHODS, "canonical.method")
     _check(
+        config.canonical.method != "transfusion" or bool(attention_head_groups(config.model)),
+        f"canonical.method='transfusion' matches attention heads; model {config.model.name!r} has none (use rebasin)",
+    )
+    _check(
         0 <= config.canonical.reference < z.num_models,
         f"canonical.reference={config.canonical.reference} must index a zoo model (0..{z.num_models - 1})",
     )
@@ -267,3 +271,9 @@ def _validate_model(model: ml_collections.ConfigDict) -> None:
             len(model.features) >= 1 and min(model.features) >= 1,
             f"model.features={model.features} needs positive widths",
         )
+    if model.name == "vit_small":
+        sizes = {key: model[key] for key in ("patch", "dim", "depth", "heads", "mlp_ratio")}
+        _check(min(sizes.values()) >= 1, f"model {sizes} needs positive sizes")
+        _check(model.dim % model.heads == 0, f"model.dim={model.dim} must be a multiple of model.heads={model.heads}")
+        _check(32 % model.patch == 0, f"model.patch={model.patch} must divide the 32-pixel image side")
+        _check(0.0 <= model.dropout < 1.0, f"model.dropout={model.dropout} must be in [0, 1)")

@@ -22,7 +22,7 @@ from dwf_jax.config import pca_components
 from dwf_jax.data import Dataset
 from dwf_jax.diversity import weight_quantiles
 from dwf_jax.evaluate import ensemble_accuracy, ensemble_predictions, percent_correct
-from dwf_jax.models import build_model, model_initializer, permutation_spec
+from dwf_jax.models import attention_head_groups, build_model, model_initializer, permutation_spec
 from dwf_jax.workdir import Workdir
 from dwf_jax.zoo_store import Flattener, ZooStore, check_finite, concatenate, write_rows
 
@@ -172,9 +172,9 @@ def train_zoo(
 def canonicalize(
     config: ml_collections.ConfigDict, zoo_store: ZooStore, flattener: Flattener, evaluate: Evaluator, work: Workdir
 ) -> PyTree:
-    """Git Re-Basin alignment of every model to the reference, model by model into the canonical file."""
+    """Alignment of every model to the reference (Git Re-Basin or TransFusion), model by model into its file."""
     models = flattener.models(zoo_store)
-    if config.canonical.method == "rebasin":
+    if config.canonical.method != "none":
         reference = flattener.unflatten(zoo_store.read(config.canonical.reference))
         key = keys.stage_key(config.seed, "canonical")
         models = align_models(
@@ -184,6 +184,7 @@ def canonicalize(
             models,
             config.canonical.reference,
             config.canonical.max_iter,
+            attention_head_groups(config.model) if config.canonical.method == "transfusion" else (),
         )
     canonical = write_rows(work.matrix_file("canonical"), map(flattener.flatten, models))
     return {"test_accuracy": store_accuracy(evaluate, canonical, flattener, config.zoo.models_per_chunk)}

@@ -9,6 +9,7 @@ import configs.mnist_mlp
 import configs.resnet18
 import configs.resnet20
 import configs.smallcnn
+import configs.vit_small
 from dwf_jax import report
 from dwf_jax.config import base_config, pca_components, validate_config
 from dwf_jax.models import model_config
@@ -23,6 +24,7 @@ from dwf_jax.models import model_config
         configs.smallcnn,
         configs.resnet20,
         configs.resnet18,
+        configs.vit_small,
     ],
 )
 def test_shipped_configs_are_valid(module):
@@ -53,6 +55,7 @@ BAD_VALUES = [
     ({"zoo.learning_rate": float("nan")}, "zoo.learning_rate=nan is not finite"),
     ({"zoo.weight_decay": -1e-4}, "zoo.weight_decay=-0.0001 must be >= 0"),
     ({"canonical.method": "ot"}, "canonical.method='ot'"),
+    ({"canonical.method": "transfusion"}, "model 'mlp' has none (use rebasin)"),
     ({"canonical.reference": 100}, "canonical.reference=100 must index a zoo model (0..99)"),
     ({"canonical.reference": -1}, "canonical.reference=-1 must index a zoo model"),
     ({"canonical.max_iter": 0}, "canonical.max_iter=0 must be >= 1"),

@@ -4,8 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tarfiles import write_tiny_cifar10
 
-from dwf_jax import permutations
+import configs.vit_small
+from dwf_jax import permutations, pipeline
 from dwf_jax.models.vit import ViT
 from dwf_jax.permutations import builders
 
@@ -115,3 +117,27 @@ def test_transfusion_keeps_the_identity_when_spectra_mislead():
     np.testing.assert_array_equal(permutations.match_heads(spec, reference, params, "heads"), [1, 0])
     result = permutations.transfusion(jax.random.key(0), spec, reference, params, ["heads"])
     np.testing.assert_array_equal(result.perms["heads"], [0, 1])
+
+
+@pytest.fixture(scope="module")
+def vit_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vit")
+    config = configs.vit_small.get_config()
+    config.data.dir = str(write_tiny_cifar10(root))
+    config.model.update(dim=24, depth=2, heads=3, mlp_ratio=2, patch=8)
+    config.zoo.update(num_models=3, epochs=2, batch_size=16, models_per_chunk=3)
+    config.flow.update(iterations=40, hidden=16, steps_per_dispatch=20, batch_size=2)
+    config.sample.update(num_samples=3, steps=4)
+    config.baselines.update(noise_stds=(0.01,), mixtures=2)
+    return pipeline.run(config, root / "work", progress=False)
+
+
+def test_the_vit_pipeline_runs_end_to_end_with_transfusion(vit_run):
+    """TransFusion moves the zoo (canonical nets lie closer to the reference) without changing any model's function."""
+    canonicalization = vit_run["canonicalization"]
+    assert canonicalization["method"] == "transfusion" and canonicalization["max_accuracy_change"] == 0.0
+    assert (
+        canonicalization["distance_to_reference_after"]["mean"]
+        < canonicalization["distance_to_reference_before"]["mean"]
+    )
+    assert vit_run["model"]["num_params"] > 10_000 and len(vit_run["generated"]["per_model"]) == 3

@@ -5,6 +5,7 @@ from dwf_jax.models.mlp import INIT_SCHEMES, MIXED, MLP, scheme_of_model
 from dwf_jax.models.registry import (
     MODEL_FIELDS,
     MODEL_NAMES,
+    attention_head_groups,
     build_model,
     model_config,
     model_initializer,
@@ -13,9 +14,11 @@ from dwf_jax.models.registry import (
 )
 from dwf_jax.models.resnet import BasicBlock, ResNet, resnet18, resnet20
 from dwf_jax.models.specs import resnet_permutation_spec, smallcnn_permutation_spec
+from dwf_jax.models.vit import ViT
 
 __all__ = [
     "MLP",
+    "ViT",
     "INIT_SCHEMES",
     "MIXED",
     "scheme_of_model",
@@ -24,6 +27,7 @@ __all__ = [
     "ResNet",
     "SmallCNN",
     "MODEL_FIELDS",
+    "attention_head_groups",
     "build_model",
     "model_config",
     "output_width",

@@ -12,6 +12,7 @@ from dwf_jax.models.cnn import SmallCNN
 from dwf_jax.models.mlp import INIT_SCHEMES, MIXED, MLP, scheme_of_model
 from dwf_jax.models.resnet import ResNet, resnet18, resnet20
 from dwf_jax.models.specs import resnet_permutation_spec, smallcnn_permutation_spec
+from dwf_jax.models.vit import ViT
 
 # Each architecture's config fields beside `name`, with their defaults.
 MODEL_FIELDS: dict[str, dict[str, Any]] = {
@@ -19,6 +20,7 @@ MODEL_FIELDS: dict[str, dict[str, Any]] = {
     "smallcnn": {},
     "resnet20": {},
     "resnet18": {},
+    "vit_small": {"patch": 4, "dim": 192, "depth": 6, "heads": 3, "mlp_ratio": 4, "dropout": 0.1},
 }
 MODEL_NAMES = tuple(MODEL_FIELDS)
 
@@ -45,6 +47,9 @@ def build_model(model_config: ml_collections.ConfigDict) -> nn.Module:
         return resnet20()
     if model_config.name == "resnet18":
         return resnet18()
+    if model_config.name == "vit_small":
+        fields = {key: model_config[key] for key in MODEL_FIELDS["vit_small"]}
+        return ViT(**fields)
     raise ValueError(f"unknown model {model_config.name!r}; choose one of {list(MODEL_NAMES)}")
 
 
@@ -71,10 +76,19 @@ def output_width(model_config: ml_collections.ConfigDict) -> int:
     return build_model(model_config).num_classes
 
 
+def attention_head_groups(model_config: ml_collections.ConfigDict) -> list[str]:
+    """The spec's groups of attention heads, which TransFusion matches by spectrum (none outside transformers)."""
+    if model_config.name == "vit_small":
+        return permutations.builders.vit_head_groups(model_config.depth)
+    return []
+
+
 def permutation_spec(model_config: ml_collections.ConfigDict) -> Any:
     """The spec whose groups are the model's hidden units (see dwf_jax.permutations)."""
     if model_config.name == "mlp":
         return permutations.builders.mlp_permutation_spec(len(model_config.features))
+    if model_config.name == "vit_small":
+        return permutations.builders.vit_permutation_spec(model_config.depth)
     model = build_model(model_config)
     if isinstance(model, SmallCNN):
         return smallcnn_permutation_spec(len(model.widths))
