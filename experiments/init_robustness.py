@@ -35,6 +35,7 @@ flags.DEFINE_integer("flow_iterations", 30_000, "Flow iterations (the paper's 30
 flags.DEFINE_string("workdirs", "experiments/workdirs", "Where the stages are kept.")
 
 ZOOS = {"mixed": "mixed", "single": "kaiming_zero_bias"}
+STAGES = ("zoo", "canonical", "flow", "samples", "eval_generated", "diversity")
 METHODS = {"with_rebasin": "rebasin", "without_rebasin": "none"}
 PAPER = (
     'The paper gives no table for this study: it says only that the flow "successfully generated novel weights '
@@ -194,7 +195,7 @@ def markdown(rows: list[dict], provenance: dict) -> str:
     for row in rows:
         lines.append(
             f"- {row['zoo']} {row['variant']}: "
-            + ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in row["timings"].items())
+            + ", ".join(f"{stage} {row['timings'][stage]:.1f}" for stage in STAGES if stage in row["timings"])
         )
     lines.append("")
     return "\n".join(lines)

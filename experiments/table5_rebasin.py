@@ -42,6 +42,7 @@ ROWS = {
     "mnist": [(64, "none"), (128, "none"), (512, "dual:99")],
     "fashion_mnist": [(64, "dual:99"), (512, "dual:99")],
 }
+STAGES = ("zoo", "canonical", "pca", "flow", "samples", "eval_generated", "diversity")
 METHODS = {"with_rebasin": "rebasin", "without_rebasin": "none"}
 # Table 5 of the paper, for comparison only: original accuracy, and per h the generated accuracy
 # (mean, std) with and without re-basin. The paper's flows all see full weights.
@@ -128,6 +129,11 @@ def table_rows() -> list[dict]:
     return rows
 
 
+def stage_order(stage: str) -> int:
+    """Stages in the order the pipeline runs them (unknown ones last)."""
+    return STAGES.index(stage) if stage in STAGES else len(STAGES)
+
+
 def gap(ours: dict, paper: tuple[float, float]) -> str:
     return f"{ours['mean'] - paper[0]:+.2f}"
 
@@ -137,8 +143,14 @@ def markdown(rows: list[dict], provenance: dict) -> str:
         *common.header_lines(
             "Table 5, MLP rows: flow width h, generated accuracy with and without Git Re-Basin", provenance
         ),
-        f"This invocation ran: {', '.join(FLAGS.datasets)}; the other rows were read from their workdirs' "
-        "report.json (computed by an earlier invocation, whose stage times are below).",
+        "",
+        f"This invocation ran the rows of: {', '.join(FLAGS.datasets) or 'none'}."
+        + (
+            " The other rows were read from their workdirs' report.json (computed by an earlier invocation; "
+            "their stage times are below)."
+            if any(not row["run_by_this_invocation"] for row in rows)
+            else ""
+        ),
         "",
         f"100 models per zoo (one zoo per dataset, shared by its rows), {FLAGS.flow_iterations} flow iterations, "
         "RK4 with 100 steps, 100 generated models per run. Accuracy: test accuracy in %, mean ± std over the models. "
@@ -171,7 +183,9 @@ def markdown(rows: list[dict], provenance: dict) -> str:
     for row in rows:
         for variant, run in row["runs"].items():
             novelty = run["novelty"]
-            timings = ", ".join(f"{stage} {seconds:.0f}" for stage, seconds in run["timings"].items())
+            timings = ", ".join(
+                f"{stage} {run['timings'][stage]:.0f}" for stage in sorted(run["timings"], key=stage_order)
+            )
             lines.append(
                 f"| {row['name']} | {row['hidden']} | {METHODS[variant]} | {run['generated_accuracy']['min']:.2f} "
                 f"| {common.mean_std(novelty['generated_to_nearest_original'])} "
@@ -182,7 +196,8 @@ def markdown(rows: list[dict], provenance: dict) -> str:
     lines += [
         "",
         "Stage times are those of the run that computed each stage; a zoo copied from the dataset's first run "
-        "keeps that run's zoo time. L2 distances in canonical weight space (the zoo as trained without re-basin).",
+        "keeps that run's zoo time. Times are wall clock on a shared 2-core machine, so they vary with its load. "
+        "L2 distances in canonical weight space (the zoo as trained without re-basin).",
         "",
     ]
     return "\n".join(lines)
