@@ -8,6 +8,7 @@ from tarfiles import write_tiny_cifar10
 
 import configs.vit_small
 from dwf_jax import permutations, pipeline
+from dwf_jax.models.bert import Bert
 from dwf_jax.models.vit import ViT
 from dwf_jax.permutations import builders
 
@@ -141,3 +142,41 @@ def test_the_vit_pipeline_runs_end_to_end_with_transfusion(vit_run):
         < canonicalization["distance_to_reference_before"]["mean"]
     )
     assert vit_run["model"]["num_params"] > 10_000 and len(vit_run["generated"]["per_model"]) == 3
+
+
+TINY_BERT = {"vocab_size": 50, "hidden": 24, "layers": 2, "heads": 3, "intermediate": 32, "max_length": 16}
+
+
+@pytest.fixture(scope="module")
+def bert():
+    model = Bert(**TINY_BERT, dropout=0.0)
+    tokens = jax.random.randint(jax.random.key(1), (4, 16), 1, 50).at[:, 12:].set(0)  # padded tails
+    variables = model.init(jax.random.key(0), tokens)
+    keys = iter(jax.random.split(jax.random.key(2), 200))
+    variables = jax.tree.map(lambda leaf: leaf + 0.1 * jax.random.normal(next(keys), leaf.shape), variables)
+    return model, variables, tokens
+
+
+def test_bert_base_size():
+    variables = jax.eval_shape(lambda: Bert().init(jax.random.key(0), jnp.ones((1, 128), jnp.int32)))
+    assert sum(leaf.size for leaf in jax.tree.leaves(variables)) == 109_186_561
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_a_permutation_from_the_bert_spec_keeps_the_outputs(bert, seed):
+    model, variables, tokens = bert
+    spec = builders.bert_permutation_spec(TINY_BERT["layers"])
+    perms = permutations.random_permutation(jax.random.key(seed), spec, variables)
+    permuted = permutations.apply_permutation(spec, perms, variables)
+    np.testing.assert_allclose(model.apply(permuted, tokens), model.apply(variables, tokens), atol=1e-5, rtol=1e-5)
+    assert _distance(permuted, variables) > 1.0
+
+
+def test_transfusion_recovers_a_planted_bert_permutation(bert):
+    _, reference, _ = bert
+    spec = builders.bert_permutation_spec(TINY_BERT["layers"])
+    planted = permutations.random_permutation(jax.random.key(5), spec, reference)
+    permuted = permutations.apply_permutation(spec, planted, reference)
+    heads = builders.bert_head_groups(TINY_BERT["layers"])
+    result = permutations.transfusion(jax.random.key(0), spec, reference, permuted, heads)
+    assert _distance(permutations.apply_permutation(spec, result.perms, permuted), reference) < 1e-5

@@ -113,3 +113,40 @@ def vit_permutation_spec(depth: int, residual: str = "residual") -> dict:
 def vit_head_groups(depth: int) -> list[str]:
     """The head groups of `vit_permutation_spec(depth)`, which TransFusion matches by their spectra."""
     return [f"block_{i}/heads" for i in range(depth)]
+
+
+def embedding(name: str, group: Group) -> SubSpec:
+    """Flax `nn.Embed`: the table is (num_embeddings, features); rows are never permuted."""
+    return {name: {"embedding": Axes(None, group)}}
+
+
+def bert_permutation_spec(layers: int, residual: str = "residual") -> dict:
+    """Spec for a post-LayerNorm BERT encoder (`dwf_jax.models.Bert` names), one residual group for every layer.
+
+    The embeddings' features, every LayerNorm, each attention's input and output
+    projections and each MLP's input and output carry `residual`; per layer
+    `layer_{i}`: `layer_{i}/heads`, `/qk`, `/vo`, `/mlp`. The pooler's output
+    is a hidden group of its own, read by the regression head.
+    """
+    params: dict = {
+        **embedding("word_embedding", residual),
+        **embedding("position_embedding", residual),
+        **batch_norm("embedding_norm", residual),
+        **dense("pooler", residual, "pooler"),
+        **dense("regressor", "pooler", None),
+    }
+    for i in range(layers):
+        layer = f"layer_{i}"
+        params[layer] = {
+            **multi_head_attention("attention", residual, f"{layer}/heads", f"{layer}/qk", f"{layer}/vo"),
+            **batch_norm("attention_norm", residual),
+            **dense("mlp_in", residual, f"{layer}/mlp"),
+            **dense("mlp_out", f"{layer}/mlp", residual),
+            **batch_norm("mlp_norm", residual),
+        }
+    return {"params": params}
+
+
+def bert_head_groups(layers: int) -> list[str]:
+    """The head groups of `bert_permutation_spec(layers)`."""
+    return [f"layer_{i}/heads" for i in range(layers)]
