@@ -20,15 +20,22 @@ def vit():
     model = ViT(**SMALL)
     images = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
     variables = model.init(jax.random.key(0), images)
-    # Non-zero biases and LayerNorm parameters, so no symmetry is hidden by zeros or ones.
+    return model, _jittered(variables), images
+
+
+def _jittered(variables):
+    """Non-zero biases and LayerNorm parameters, so no symmetry is hidden by zeros or ones."""
     keys = iter(jax.random.split(jax.random.key(2), 200))
-    variables = jax.tree.map(lambda leaf: leaf + 0.1 * jax.random.normal(next(keys), leaf.shape), variables)
-    return model, variables, images
+    return jax.tree.map(lambda leaf: leaf + 0.1 * jax.random.normal(next(keys), leaf.shape), variables)
+
+
+def _num_params(model, example) -> int:
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), example))
+    return sum(leaf.size for leaf in jax.tree.leaves(variables))
 
 
 def test_vit_small_192_has_the_papers_size():
-    variables = jax.eval_shape(lambda: ViT().init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
-    assert sum(leaf.size for leaf in jax.tree.leaves(variables)) == 2_693_578
+    assert _num_params(ViT(), jnp.zeros((1, 32, 32, 3))) == 2_693_578
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -152,14 +159,11 @@ def bert():
     model = Bert(**TINY_BERT, dropout=0.0)
     tokens = jax.random.randint(jax.random.key(1), (4, 16), 1, 50).at[:, 12:].set(0)  # padded tails
     variables = model.init(jax.random.key(0), tokens)
-    keys = iter(jax.random.split(jax.random.key(2), 200))
-    variables = jax.tree.map(lambda leaf: leaf + 0.1 * jax.random.normal(next(keys), leaf.shape), variables)
-    return model, variables, tokens
+    return model, _jittered(variables), tokens
 
 
 def test_bert_base_size():
-    variables = jax.eval_shape(lambda: Bert().init(jax.random.key(0), jnp.ones((1, 128), jnp.int32)))
-    assert sum(leaf.size for leaf in jax.tree.leaves(variables)) == 109_186_561
+    assert _num_params(Bert(), jnp.ones((1, 128), jnp.int32)) == 109_186_561
 
 
 @pytest.mark.parametrize("seed", range(2))
