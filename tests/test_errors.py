@@ -11,11 +11,12 @@ import pytest
 from tarfiles import write_image_folder_tar
 from tiny_runs import refused, snapshot, tiny_config
 
-from dwf_jax import checkpoints, permutations, pipeline
+from dwf_jax import checkpoints, flow, permutations, pipeline
 from dwf_jax.checkpoints import CheckpointError, NotEnoughSpace
 from dwf_jax.data import CIFAR10_TAR, DatasetNotFoundError, load_dataset
 from dwf_jax.models import MLP, model_config
 from dwf_jax.workdir import (
+    FORMAT,
     StageDamaged,
     Workdir,
     WorkdirBusy,
@@ -138,12 +139,13 @@ def test_zoo_with_nan_weights(tmp_path):
 
 def test_generated_nan_weights(workdir):
     config = tiny_config()
-    flow = checkpoints.restore_tree(workdir / "flow")
-    broken = jax.tree.map(lambda leaf: leaf * np.nan, flow["params"])
+    trained = checkpoints.restore_tree(workdir / "flow")
+    broken = jax.tree.map(lambda leaf: leaf * np.nan, trained["params"])
     never_written = lambda samples, path: pytest.fail("wrote weights")  # noqa: E731
     space = pipeline.WeightSpace("full weights", np.zeros((4, 131), np.float32), never_written)
     with pytest.raises(NonFiniteWeights, match="generated weights: 3 of 3 models .* delete .*flow"):
-        pipeline.generate(config, broken, space, pipeline.Workdir(workdir), progress=False)
+        source = flow.Source("normal", config.flow.source_std)
+        pipeline.generate(config, broken, space, source, pipeline.Workdir(workdir), progress=False)
 
 
 def test_flow_nan_guard_names_step_and_what_to_do(tmp_path):
@@ -208,7 +210,8 @@ def test_corrupt_jpeg_in_the_cifar_archive(workdir, tmp_path, monkeypatch):
 
 def test_workdir_of_an_older_format(workdir):
     (workdir / "workdir_format.json").unlink()
-    refused(workdir, WorkdirFormatMismatch, "made by another dwf_jax version .workdir format 1, this version reads 3")
+    expected = f"made by another dwf_jax version .workdir format 1, this version reads {FORMAT}"
+    refused(workdir, WorkdirFormatMismatch, expected)
 
 
 def test_a_stage_is_not_recomputed_under_results_of_its_earlier_version(workdir):
