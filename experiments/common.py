@@ -90,6 +90,22 @@ def run_and_write(name: str, compute_rows: Callable[[], Any], markdown: Callable
     write_results(name, {"provenance": run, "rows": rows}, markdown(rows, run))
 
 
+def run_summary(report: dict, workdir: pathlib.Path, seconds: float | None) -> dict:
+    """What the tables read of one pipeline run's report (the workdir's report.json keeps the rest)."""
+    return {
+        "workdir": str(workdir),
+        "dataset": report["dataset"],
+        "flow_space": report["flow"]["weight_space"],
+        "flow_num_params": report["flow"]["num_params"],
+        "flow_final_loss": report["flow"]["final_loss_mean_last_100"],
+        "original_accuracy": report["original"]["accuracy"],
+        "generated_accuracy": report["generated"]["accuracy"],
+        "novelty": report["generated"]["novelty"],
+        "timings": report["timings"],
+        "wall_seconds_this_invocation": seconds,
+    }
+
+
 def mean_std(stats: dict) -> str:
     """An accuracy summary (evaluate.summary) as the tables print it."""
     return f"{stats['mean']:.2f} ± {stats['std']:.2f}"

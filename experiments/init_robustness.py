@@ -94,16 +94,12 @@ def run_variant(zoo: str, variant: str, first_workdir: pathlib.Path | None) -> d
             "generated_nearest_l2": summary(distance[mask]) if mask.any() else None,
         }
     return {
+        **common.run_summary(report, workdir, None),
         "zoo": zoo,
         "init_scheme": init_scheme,
         "variant": variant,
         "canonical_method": method,
-        "workdir": str(workdir),
-        "flow_space": report["flow"]["weight_space"],
         "flow_hidden": config.flow.hidden,
-        "original_accuracy": report["original"]["accuracy"],
-        "generated_accuracy": report["generated"]["accuracy"],
-        "novelty": report["generated"]["novelty"],
         "distance_to_reference": {
             "before": report["canonicalization"]["distance_to_reference_before"],
             "after": report["canonicalization"]["distance_to_reference_after"],
@@ -111,7 +107,6 @@ def run_variant(zoo: str, variant: str, first_workdir: pathlib.Path | None) -> d
         "per_scheme": per_scheme,
         "nearest_original_index": index.tolist(),
         "nearest_original_scheme": nearest_scheme.tolist(),
-        "timings": report["timings"],
     }
 
 

@@ -64,16 +64,7 @@ def run_one(hidden: int, source: str, variant: str) -> dict:
         pipeline.workdir_for(config, dataset, workdir).copy_stages_from(Workdir(twin), ("zoo", "canonical"))
     start = time.perf_counter()
     report = pipeline.run(config, workdir, progress=True)
-    return {
-        "workdir": str(workdir),
-        "flow_space": report["flow"]["weight_space"],
-        "flow_final_loss": report["flow"]["final_loss_mean_last_100"],
-        "original_accuracy": report["original"]["accuracy"],
-        "generated_accuracy": report["generated"]["accuracy"],
-        "novelty": report["generated"]["novelty"],
-        "timings": report["timings"],
-        "wall_seconds_this_invocation": round(time.perf_counter() - start, 1),
-    }
+    return common.run_summary(report, workdir, round(time.perf_counter() - start, 1))
 
 
 def table_rows() -> list[dict]:

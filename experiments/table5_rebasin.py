@@ -85,23 +85,7 @@ def run_one(name: str, hidden: int, space: str, variant: str, zoo_source: pathli
         pipeline.workdir_for(config, dataset, workdir).copy_stages_from(Workdir(zoo_source), ("zoo",))
     start = time.perf_counter()
     report = pipeline.run(config, workdir, progress=True)
-    return summary_of(report, workdir, round(time.perf_counter() - start, 1))
-
-
-def summary_of(report: dict, workdir: pathlib.Path, seconds: float | None) -> dict:
-    """What the table reads of a run's report (the workdir's report.json keeps the rest)."""
-    return {
-        "workdir": str(workdir),
-        "dataset": report["dataset"],
-        "flow_space": report["flow"]["weight_space"],
-        "flow_num_params": report["flow"]["num_params"],
-        "flow_final_loss": report["flow"]["final_loss_mean_last_100"],
-        "original_accuracy": report["original"]["accuracy"],
-        "generated_accuracy": report["generated"]["accuracy"],
-        "novelty": report["generated"]["novelty"],
-        "timings": report["timings"],
-        "wall_seconds_this_invocation": seconds,
-    }
+    return common.run_summary(report, workdir, round(time.perf_counter() - start, 1))
 
 
 def table_rows() -> list[dict]:
@@ -122,7 +106,7 @@ def table_rows() -> list[dict]:
                     zoo_source = zoo_source or workdir
                 elif Workdir(workdir).report.exists():
                     report = json.loads(Workdir(workdir).report.read_text())
-                    row["runs"][variant] = summary_of(report, workdir, None)
+                    row["runs"][variant] = common.run_summary(report, workdir, None)
                     row["run_by_this_invocation"] = False
             if len(row["runs"]) == len(METHODS):
                 rows.append(row)
