@@ -67,10 +67,12 @@ def _settings(configs: Sequence[ml_collections.ConfigDict], datasets: Sequence[D
 
 
 def evaluate_conditions(
-    configs: Sequence[ml_collections.ConfigDict], datasets: Sequence[Dataset], samples: np.ndarray
+    configs: Sequence[ml_collections.ConfigDict],
+    datasets: Sequence[Dataset],
+    samples: np.ndarray,
+    flattener: Flattener,
 ) -> np.ndarray:
     """(C, C, M) test accuracies: [c, d, m] is sample m of condition c on dataset d's test split."""
-    flattener = Flattener(stages.model_template(configs[0], datasets[0]))
     evaluators = [stages.evaluator(config, dataset) for config, dataset in zip(configs, datasets, strict=True)]
     return np.stack(
         [np.stack([evaluate(flattener.unflatten_rows(ensemble)) for evaluate in evaluators]) for ensemble in samples]
@@ -90,16 +92,16 @@ def run(configs: Sequence[ml_collections.ConfigDict], workdir: pathlib.Path, pro
         for each in (*zoo_works, work):
             stack.enter_context(locked(each.path))
             each.remove_leftovers()
+        templates = [stages.model_template(c, dataset) for c, dataset in zip(configs, datasets, strict=True)]
         zoos = []
-        for c, dataset, zoo_work in zip(configs, datasets, zoo_works, strict=True):
+        for c, dataset, zoo_work, template in zip(configs, datasets, zoo_works, templates, strict=True):
             zoo_work.record_config(c)
-            flattener = Flattener(stages.model_template(c, dataset))
             evaluate = stages.evaluator(c, dataset)
-            zoo_stage, _, _, canonical = canonical_zoo(c, dataset, zoo_work, flattener, evaluate, progress)
+            zoo_stage, _, _, canonical = canonical_zoo(c, dataset, zoo_work, Flattener(template), evaluate, progress)
             zoos.append((zoo_stage["test_accuracy"], canonical.as_array()))
         weights = np.concatenate([rows for _, rows in zoos])
         conditions = np.concatenate([np.full(len(rows), index) for index, (_, rows) in enumerate(zoos)])
-        source, num_conditions = flow_source(config, stages.model_template(config, datasets[0])), len(configs)
+        source, num_conditions = flow_source(config, templates[0]), len(configs)
         saves = work.training_checkpoints("conditioned_flow", work.flow_checkpoints)
         flow = work.run(
             "conditioned_flow",
@@ -113,11 +115,15 @@ def run(configs: Sequence[ml_collections.ConfigDict], workdir: pathlib.Path, pro
                 sample_stage(config, flow["params"], weights.shape[1], source, progress, index, num_conditions)
                 for index in range(num_conditions)
             ]
-            check_finite(np.stack(ensembles), "generated weights", "The flow diverged: lower flow.learning_rate.")
-            return {"samples": np.stack(ensembles)}
+            ensembles = np.stack(ensembles)
+            check_finite(ensembles, "generated weights", "The flow diverged: lower flow.learning_rate.")
+            return {"samples": ensembles}
 
         samples = work.run("conditioned_samples", sample_all)["samples"]
-        accuracy = work.run("conditioned_eval", lambda: {"accuracy": evaluate_conditions(configs, datasets, samples)})
+        accuracy = work.run(
+            "conditioned_eval",
+            lambda: {"accuracy": evaluate_conditions(configs, datasets, samples, Flattener(templates[0]))},
+        )
         result = {
             "datasets": [dataset.name for dataset in datasets],
             "model": config_as_dict(config)["model"],
