@@ -118,6 +118,11 @@ def train_chunks(
     model = build_model(config.model)
     z = config.zoo
     steps_per_epoch = len(dataset.x_train) // z.batch_size if z.drop_last else -(-len(dataset.x_train) // z.batch_size)
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"zoo.batch_size={z.batch_size} with zoo.drop_last leaves no step per epoch: {dataset.name} has only "
+            f"{len(dataset.x_train)} training examples; lower zoo.batch_size"
+        )
     tx = zoo.make_optimizer(z.optimizer, z.learning_rate, z.weight_decay, z.schedule, z.epochs * steps_per_epoch)
     for indices in zoo.chunks(z.num_models - first_model, z.models_per_chunk):
         indices = indices + first_model

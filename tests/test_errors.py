@@ -63,6 +63,14 @@ def test_out_of_range_values(workdir, section, field, value, message):
     refused(workdir, ValueError, message, lambda: pipeline.run(config, workdir, progress=False))
 
 
+def test_a_batch_larger_than_the_training_set_with_drop_last(tmp_path):
+    config = tiny_config()
+    config.zoo.update(batch_size=200, drop_last=True)
+    message = "zoo.batch_size=200 with zoo.drop_last leaves no step per epoch: iris has only 120 training examples"
+    with pytest.raises(ValueError, match=message):
+        pipeline.run(config, tmp_path / "work", progress=False)
+
+
 def test_cli_prints_one_line_without_traceback(tmp_path):
     result = cli("--config=configs/iris_mlp.py", "--config.flow.hidden=3", f"--workdir={tmp_path / 'never'}")
     assert result.returncode == 1 and "Traceback" not in result.stderr

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One GPU session's ViT checks: Table 5's ViT row on a reduced zoo, the transformer tests, then a longer zoo
+# sized by the first run's measured zoo time so the whole script ends within BUDGET seconds.
+# Usage: bash experiments/gpu_vit.sh OUT_DIR DATA_DIR [BUDGET]   (DATA_DIR holds cifar10_jpeg/cifar10_jpeg.tar.gz)
+set -uo pipefail
+out=${1:?output folder}
+data=${2:?data folder}
+budget=${3:-540}
+models=${MODELS:-10}
+first_epochs=${FIRST_EPOCHS:-5}
+extra=${EXTRA_FLAGS:-}  # e.g. "--depth=1 --batch_size=16" for a dry run on a CPU
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" | tee -a "$out/timings.txt"
+timed() {  # timed NAME LIMIT COMMAND...: wall seconds of COMMAND into $out/timings.txt, its output into $out/NAME.log
+  local name=$1 limit=$2
+  shift 2
+  local start=$SECONDS
+  timeout "$limit" "$@" >"$out/$name.log" 2>&1
+  echo "$name: exit $? in $((SECONDS - start)) s" | tee -a "$out/timings.txt"
+  tail -5 "$out/$name.log"
+}
+vit() {  # vit EPOCHS LIMIT: the three alignment methods on one zoo of $models models
+  timed "vit_e$1" "$2" python3 experiments/table5_vit.py --data_dir="$data" --num_models=$models --epochs="$1" \
+    --name="table5_vit_gpu_e$1" --workdirs=/tmp/vit_workdirs $extra
+  cp experiments/results/table5_vit_gpu_e"$1".* "$out/" 2>/dev/null
+}
+vit $first_epochs 300
+timed transformer_tests 150 python3 -m pytest -q -x -p no:cacheprovider ${TESTS:-tests/test_transformers.py}
+# Epochs of the second zoo: what the time left allows at the first zoo's measured seconds per epoch.
+epochs=$(python3 - "$out/table5_vit_gpu_e$first_epochs.json" "$((budget - SECONDS))" "$first_epochs" <<'EOF'
+import json, sys
+rows = json.load(open(sys.argv[1]))["rows"]
+left, first = float(sys.argv[2]), int(sys.argv[3])
+zoo = rows[0]["timings"]["zoo"] / first
+rest = sum(rows[0]["timings"].values()) - rows[0]["timings"]["zoo"] + sum(sum(r["timings"].values()) for r in rows[1:])
+print(max(0, min(60, int((left - 1.3 * rest - 30) / zoo))))
+EOF
+)
+echo "second zoo: ${epochs:-0} epochs" | tee -a "$out/timings.txt"
+if [ "${epochs:-0}" -gt "$first_epochs" ]; then
+  vit "$epochs" $((budget - SECONDS))
+fi
