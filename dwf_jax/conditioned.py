@@ -19,7 +19,7 @@ from absl import logging
 
 from dwf_jax import checkpoints, stages
 from dwf_jax.config import config_as_dict, validate_config
-from dwf_jax.data import Dataset, load_dataset
+from dwf_jax.data import Dataset, load_configured
 from dwf_jax.evaluate import summary
 from dwf_jax.flow_stage import flow_source, sample_stage, train_flow_stage
 from dwf_jax.pipeline import canonical_zoo, workdir_for
@@ -83,7 +83,7 @@ def run(configs: Sequence[ml_collections.ConfigDict], workdir: pathlib.Path, pro
     """Run (or resume) the zoos, the conditioned flow, its samples and their evaluation; returns the report."""
     check_compatible(configs)
     config = configs[0]  # the shared flow and sample settings
-    datasets = [load_dataset(c.data.name, c.data.dir, c.data.source) for c in configs]
+    datasets = [load_configured(c.data) for c in configs]
     zoo_works = [workdir_for(c, d, workdir / c.data.name) for c, d in zip(configs, datasets, strict=True)]
     work = Workdir(workdir, _settings(configs, datasets))
     for each in (*zoo_works, work):

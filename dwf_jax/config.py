@@ -14,9 +14,10 @@ from ml_collections import config_dict
 
 from dwf_jax import canonical, flow, pca, zoo
 from dwf_jax.bn_recalibration import CALIBRATION_DATA
-from dwf_jax.data import DATASETS, NUM_CLASSES, SOURCES
+from dwf_jax.data import DATASETS, NUM_CLASSES, SOURCES, TEXT_DATASETS
 from dwf_jax.keys import MAX_MODELS
 from dwf_jax.models import INIT_SCHEMES, MIXED, MODEL_NAMES, attention_head_groups, model_config, output_width
+from dwf_jax.text import SPECIAL_TOKENS, YELP_VOCAB_SIZE
 
 # Noise scales beyond this are not weights any more: float32 samples overflow long before 1e30.
 MAX_NOISE_STD = 100.0
@@ -34,6 +35,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.dir = config_dict.placeholder(str)  # else $DWF_DATA_DIR
     config.data.source = "auto"  # auto | offline | tfds
     config.data.augment = True  # random crop + flip for image datasets that use it (CIFAR-10)
+    config.data.max_tokens = 128  # text: tokens per example, [CLS] included (longer text is cut)
+    config.data.vocab_size = 8192  # vader_sentiment: WordPiece vocabulary learned from its training split
 
     config.model = model_config("mlp")  # configs of other architectures replace it with model_config(name)
 
@@ -172,6 +175,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_choice(config.data.name, DATASETS, "data.name")
     _check_choice(config.data.source, SOURCES, "data.source")
     _validate_model(config.model)
+    _validate_text(config)
     width, classes = output_width(config.model), NUM_CLASSES[config.data.name]
     _check(
         width == classes,
@@ -277,3 +281,36 @@ def _validate_model(model: ml_collections.ConfigDict) -> None:
         _check(model.dim % model.heads == 0, f"model.dim={model.dim} must be a multiple of model.heads={model.heads}")
         _check(32 % model.patch == 0, f"model.patch={model.patch} must divide the 32-pixel image side")
         _check(0.0 <= model.dropout < 1.0, f"model.dropout={model.dropout} must be in [0, 1)")
+    if model.name == "bert":
+        sizes = {key: model[key] for key in ("vocab_size", "hidden", "layers", "heads", "intermediate", "max_length")}
+        _check(min(sizes.values()) >= 1, f"model {sizes} needs positive sizes")
+        _check(
+            model.hidden % model.heads == 0,
+            f"model.hidden={model.hidden} must be a multiple of model.heads={model.heads}",
+        )
+        _check(0.0 <= model.dropout < 1.0, f"model.dropout={model.dropout} must be in [0, 1)")
+
+
+def _validate_text(config: ml_collections.ConfigDict) -> None:
+    """Text datasets go with BERT, and the token ids they make must fit its embeddings."""
+    text, bert = config.data.name in TEXT_DATASETS, config.model.name == "bert"
+    _check(
+        text == bert,
+        f"data.name={config.data.name!r} needs model bert"
+        if text
+        else f"model bert needs a text dataset ({', '.join(TEXT_DATASETS)}), not {config.data.name!r}",
+    )
+    if not text:
+        return
+    d = config.data
+    _check(d.max_tokens >= 2, f"data.max_tokens={d.max_tokens} must be >= 2 ([CLS] and at least one token)")
+    _check(
+        d.max_tokens <= config.model.max_length,
+        f"data.max_tokens={d.max_tokens} exceeds model.max_length={config.model.max_length} (its position embeddings)",
+    )
+    vocabulary = YELP_VOCAB_SIZE if d.name == "yelp" else d.vocab_size
+    _check(
+        vocabulary <= config.model.vocab_size,
+        f"{d.name}'s vocabulary has {vocabulary} tokens, more than model.vocab_size={config.model.vocab_size}",
+    )
+    _check(d.vocab_size > len(SPECIAL_TOKENS), f"data.vocab_size={d.vocab_size} must exceed the special tokens")

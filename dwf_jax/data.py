@@ -3,8 +3,9 @@
 Iris ships inside scikit-learn. MNIST and Fashion-MNIST come from a directory of
 the standard IDX files (for machines without internet) or from
 tensorflow-datasets; CIFAR-10 from a tar.gz of JPEGs (see image_folder.py) or
-tensorflow-datasets. Loading never falls back to synthetic data: if no real
-copy is found, `DatasetNotFoundError` says where we looked and how to fix it.
+tensorflow-datasets; the text regression sets for BERT from text.py. Loading
+never falls back to synthetic data: if no real copy is found,
+`DatasetNotFoundError` says where we looked and how to fix it.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ import hashlib
 import math
 import os
 import zlib
+from typing import Any
 
 import numpy as np
 
 DATA_DIR_ENV = "DWF_DATA_DIR"
-NUM_CLASSES = {"iris": 3, "mnist": 10, "fashion_mnist": 10, "cifar10": 10}
+# Model outputs per dataset: classes, or 1 for the regression sets (a score per example).
+NUM_CLASSES = {"iris": 3, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "vader_sentiment": 1, "yelp": 1}
+TEXT_DATASETS = ("vader_sentiment", "yelp")  # token ids with a real-valued score; for BERT
 DATASETS = tuple(NUM_CLASSES)
 SOURCES = ("auto", "offline", "tfds")
 # Kept uint8 (4x smaller on host and in transfer); augment.input_pipeline normalises them on device.
@@ -50,7 +54,8 @@ class DatasetNotFoundError(FileNotFoundError):
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """A train/test split: float32 inputs (uint8 images for UINT8_DATASETS), int32 labels."""
+    """A train/test split: float32 inputs (uint8 images for UINT8_DATASETS, int32 token ids for TEXT_DATASETS),
+    int32 labels (float32 scores for regression)."""
 
     name: str
     x_train: np.ndarray  # images (N, H, W, C) or tabular (N, F)
@@ -59,6 +64,7 @@ class Dataset:
     y_test: np.ndarray
     num_classes: int
     source: str  # where the data came from, so results can state provenance
+    regression: bool = False  # labels are scores: the zoo minimises squared error, evaluation is Spearman's rho
 
     def fingerprint(self) -> str:
         """sha256 of the arrays: the identity of the data, wherever it was read from."""
@@ -106,25 +112,29 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     return data.astype(dtype.newbyteorder("="))  # copy: writable and native-endian
 
 
-def load_dataset(name: str, data_dir: str | None = None, source: str = "auto") -> Dataset:
-    """Load `name` from scikit-learn (iris), an IDX directory, a JPEG tar, or tensorflow-datasets.
+def load_dataset(
+    name: str, data_dir: str | None = None, source: str = "auto", max_tokens: int = 128, vocab_size: int = 8192
+) -> Dataset:
+    """Load `name` from scikit-learn (iris), an IDX directory, a JPEG tar, tensorflow-datasets, or text.py.
 
-    `data_dir` (else $DWF_DATA_DIR) holds `<name>/` with the four IDX files, or CIFAR10_TAR.
-    source="auto" prefers local copies and falls back to tensorflow-datasets.
+    `data_dir` (else $DWF_DATA_DIR) holds `<name>/` with the four IDX files, CIFAR10_TAR, or text.VADER_ARCHIVE.
+    source="auto" prefers local copies and falls back to tensorflow-datasets. Text is cut to
+    `max_tokens`; the offline text set learns a WordPiece vocabulary of `vocab_size` tokens.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; valid sources: {', '.join(SOURCES)}")
-    if source == "tfds":
+    if source == "tfds" and name not in TEXT_DATASETS:
         try:
             return _load_tfds(name)
         except DatasetNotFoundError as e:
             raise DatasetNotFoundError(_not_found_message(name, [str(e)])) from e
     if name == "iris":
         return _load_iris_sklearn()
-
     data_dir = data_dir or os.environ.get(DATA_DIR_ENV) or None
+    if name in TEXT_DATASETS:
+        return _load_text(name, data_dir, source, max_tokens, vocab_size)
     if data_dir is None:
         kind = "CIFAR-10 JPEG tar" if name == "cifar10" else "IDX directory"
         looked = [f"{kind}: none given (no data_dir argument and ${DATA_DIR_ENV} is not set)"]
@@ -145,6 +155,11 @@ def load_dataset(name: str, data_dir: str | None = None, source: str = "auto") -
         except DatasetNotFoundError as e:
             looked.append(str(e))
     raise DatasetNotFoundError(_not_found_message(name, looked))
+
+
+def load_configured(data: Any) -> Dataset:
+    """The dataset a config's `data` section names, read the way it says."""
+    return load_dataset(data.name, data.dir, data.source, data.max_tokens, data.vocab_size)
 
 
 def _not_found_message(name: str, looked: list[str]) -> str:
@@ -209,6 +224,18 @@ def _load_cifar10_tar(tar_path: str) -> Dataset:
         num_classes=len(CIFAR10_CLASSES),
         source=f"CIFAR-10 (JPEG copy) from {tar_path}",
     )
+
+
+def _load_text(name: str, data_dir: str | None, source: str, max_tokens: int, vocab_size: int) -> Dataset:
+    from dwf_jax import text  # tokenizers only when needed
+
+    if name == "yelp":
+        if source == "offline":
+            raise DatasetNotFoundError("dataset 'yelp' has no offline copy; offline, use data.name=vader_sentiment")
+        return text.load_yelp(max_tokens)
+    if source == "tfds":
+        raise DatasetNotFoundError("dataset 'vader_sentiment' has no tensorflow-datasets copy; use source 'auto'")
+    return text.load_vader_sentiment(data_dir, max_tokens, vocab_size)
 
 
 def _scale_images(images: np.ndarray) -> np.ndarray:

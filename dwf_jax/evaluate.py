@@ -1,5 +1,7 @@
-"""Accuracy of whole ensembles (one jitted apply over the model axis) and their distances in weight space."""
+"""Accuracy (Spearman correlation for regression) of whole ensembles, one jitted apply over the model axis,
+and their distances in weight space."""
 
+import warnings
 from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
@@ -8,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.stats
 
 from dwf_jax.diversity import Geometry, geometry
 from dwf_jax.ensemble import map_models
@@ -28,6 +31,29 @@ def _predictions_in_batch(
     return jnp.argmax(logits, axis=-1), jnp.sum(jax.nn.softmax(logits, axis=-1), axis=1)
 
 
+@partial(jax.jit, static_argnames=("model", "transform", "models_per_vmap"))
+def _scores_in_batch(
+    stacked_variables: PyTree, x: jax.Array, *, model: nn.Module, transform: Callable, models_per_vmap: int
+) -> jax.Array:
+    """Every model's predicted score per example (a regression model's single output)."""
+    inputs = transform(x)
+    return map_models(lambda variables: model.apply(variables, inputs, train=False), stacked_variables, models_per_vmap)
+
+
+def ensemble_scores(
+    model: nn.Module,
+    stacked_variables: PyTree,
+    x: np.ndarray,
+    batch_size: int = 2000,
+    transform: Callable[[jax.Array], jax.Array] = lambda inputs: inputs,
+    models_per_vmap: int = 0,
+) -> np.ndarray:
+    """(M, n) predicted scores of every model of a stacked regression zoo, the test set streamed in batches."""
+    predict = partial(_scores_in_batch, model=model, transform=transform, models_per_vmap=models_per_vmap)
+    batches = [x[start : start + batch_size] for start in range(0, len(x), batch_size)]
+    return np.concatenate([np.asarray(predict(stacked_variables, batch)) for batch in batches], axis=1)
+
+
 def ensemble_predictions(
     model: nn.Module,
     stacked_variables: PyTree,
@@ -36,12 +62,19 @@ def ensemble_predictions(
     batch_size: int = 2000,
     transform: Callable[[jax.Array], jax.Array] = lambda images: images,
     models_per_vmap: int = 0,
+    regression: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(M, n) which test examples each model gets wrong, and (M, C) its mean predicted class probabilities.
 
     The test set is streamed in batches. `transform` must be a function that lives as long as the
-    program (e.g. from `augment.input_pipeline`): it keys the compilation cache.
+    program (e.g. from `augment.input_pipeline`): it keys the compilation cache. A `regression`
+    model is wrong where its score has the other sign than the target's (positive or not), and
+    its "classes" are the fractions of scores it predicts not positive and positive.
     """
+    if regression:
+        positive = ensemble_scores(model, stacked_variables, x, batch_size, transform, models_per_vmap) > 0
+        fraction = positive.mean(axis=1, dtype=np.float64)
+        return positive != (np.asarray(y) > 0)[None, :], np.stack([1.0 - fraction, fraction], axis=1)
     predict = partial(_predictions_in_batch, model=model, transform=transform, models_per_vmap=models_per_vmap)
     labels, probabilities = [], 0.0
     for start in range(0, len(x), batch_size):
@@ -54,8 +87,21 @@ def ensemble_predictions(
 def ensemble_accuracy(
     model: nn.Module, stacked_variables: PyTree, x: np.ndarray, y: np.ndarray, **options: Any
 ) -> np.ndarray:
-    """Test accuracy (percent) of every model in a stacked zoo (eval mode); `options` as for ensemble_predictions."""
+    """Test accuracy (percent) of every model in a stacked zoo (eval mode); `options` as for ensemble_predictions.
+
+    For a `regression` zoo, each model's Spearman correlation with the targets instead.
+    """
+    if options.pop("regression", False):
+        return spearman(ensemble_scores(model, stacked_variables, x, **options), np.asarray(y))
     return percent_correct(ensemble_predictions(model, stacked_variables, x, y, **options)[0])
+
+
+def spearman(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Each row's Spearman rank correlation with `targets`; 0 for a row of equal scores, which ranks nothing."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scipy.stats.ConstantInputWarning)
+        rho = np.array([scipy.stats.spearmanr(row, targets).statistic for row in scores], np.float64)
+    return np.nan_to_num(rho, nan=0.0)
 
 
 def percent_correct(wrong: np.ndarray) -> np.ndarray:

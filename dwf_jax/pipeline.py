@@ -18,7 +18,7 @@ from absl import logging
 
 from dwf_jax import report, stages
 from dwf_jax.config import pca_components, validate_config
-from dwf_jax.data import Dataset, load_dataset
+from dwf_jax.data import Dataset, load_configured
 from dwf_jax.diversity import geometry
 from dwf_jax.evaluate import zoo_distances
 from dwf_jax.flow import Source
@@ -52,7 +52,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, progress: bool
     Everything that can be refused (the config, the data, the workdir's stages) is checked before the first write.
     """
     validate_config(config)
-    dataset = load_dataset(config.data.name, config.data.dir, config.data.source)
+    dataset = load_configured(config.data)
     work = workdir_for(config, dataset, workdir)
     work.check()
     with locked(workdir):

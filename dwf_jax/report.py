@@ -11,6 +11,8 @@ from dwf_jax import checkpoints, diversity, flow
 from dwf_jax.data import Dataset
 from dwf_jax.evaluate import Distances, novelty, summary
 
+ACCURACY, SPEARMAN = "test accuracy (%)", "test Spearman correlation"
+
 
 def build_report(
     *,
@@ -33,6 +35,7 @@ def build_report(
     """
     final_accuracy = generated_accuracy.get("bn_recalibrated", generated_accuracy["as_generated"])
     return {
+        "metric": SPEARMAN if dataset.regression else ACCURACY,  # what every "accuracy" below measures
         "dataset": {
             "name": dataset.name,
             "source": dataset.source,
@@ -148,12 +151,12 @@ def format_summary(result: dict) -> str:
     before = result["generated"].get("accuracy_before_bn_recalibration")
     model, counts = result["model"], (result["original"]["num_models"], result["generated"]["num_samples"])
     fields = "".join(f" {value}" for key, value in model.items() if key not in ("name", "num_params", "init_scheme"))
-    generated_section = result["generated"]
+    generated_section, metric = result["generated"], result.get("metric", ACCURACY)
     lines = [
         f"{result['dataset']['name']} / {model['name']}{fields} ({model['num_params']} params), "
         f"data: {result['dataset']['source']}",
-        f"  original  ({counts[0]:>4} models): {_stats(original)}",
-        f"  generated ({counts[1]:>4} models): {_stats(generated)}",
+        f"  original  ({counts[0]:>4} models): {_stats(original, metric)}",
+        f"  generated ({counts[1]:>4} models): {_stats(generated, metric)}",
     ]
     if before:
         calibration = generated_section["bn_recalibration"]["data"]
@@ -181,7 +184,9 @@ def format_summary(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _stats(stats: dict) -> str:
+def _stats(stats: dict, metric: str) -> str:
+    if metric == SPEARMAN:
+        return f"{stats['mean']:.4f} ± {stats['std']:.4f} Spearman  [min {stats['min']:.4f}, max {stats['max']:.4f}]"
     return f"{stats['mean']:.2f} ± {stats['std']:.2f} %  [min {stats['min']:.2f}, max {stats['max']:.2f}]"
 
 
@@ -199,7 +204,7 @@ def accuracy_figure(result: dict) -> Figure:
     bins = histogram_bins(*values)
     axis.hist(values[0], bins=bins, alpha=0.6, label="original")
     axis.hist(values[1], bins=bins, alpha=0.6, label="generated")
-    axis.set_xlabel("test accuracy (%)")
+    axis.set_xlabel(result.get("metric", ACCURACY))
     axis.set_ylabel("models")
     axis.set_title(f"{result['dataset']['name']} {result['model']['name']}: original vs generated")
     axis.legend()
@@ -223,8 +228,9 @@ def diversity_figure(result: dict) -> Figure:
     for ((label, accuracy, direction), section), distances in zip(pairs, nearest, strict=True):
         scatter.scatter(section["max_iou_of_errors"][direction]["per_model"], accuracy, s=10, alpha=0.6, label=label)
         histogram.hist(distances, bins=bins, alpha=0.5, label=label)
-    scatter.set_xlabel("max IoU of test errors with another original")
-    scatter.set_ylabel("test accuracy (%)")
+    errors = "errors of sign" if result.get("metric") == SPEARMAN else "errors"
+    scatter.set_xlabel(f"max IoU of test {errors} with another original")
+    scatter.set_ylabel(result.get("metric", ACCURACY))
     histogram.set_xlabel("L2 to the nearest (other) original, canonical weights")
     histogram.set_ylabel("models")
     for axis in (scatter, histogram):

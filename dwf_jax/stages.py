@@ -53,11 +53,12 @@ def _on_test_set(function: Callable, config: ml_collections.ConfigDict, dataset:
         batch_size=config.eval.batch_size,
         transform=input_pipeline(dataset.name, config.data.augment).eval,
         models_per_vmap=config.models_per_vmap,
+        regression=dataset.regression,
     )
 
 
 def evaluator(config: ml_collections.ConfigDict, dataset: Dataset) -> Evaluator:
-    """Test accuracy (percent) of every model of a stacked zoo."""
+    """Test accuracy (percent; Spearman correlation for regression) of every model of a stacked zoo."""
     return _on_test_set(ensemble_accuracy, config, dataset)
 
 
@@ -143,6 +144,7 @@ def train_chunks(
             saves=work.training_checkpoints("zoo", work.zoo_chunk(indices[0], indices[-1])),
             checkpoint_every=z.checkpoint_every,
             progress=progress,
+            regression=dataset.regression,
         )
         yield jax.tree.map(np.asarray, variables)
 

@@ -4,6 +4,7 @@ Model i's init and data order depend only on (seed, i), so a zoo trained in
 chunks, or model by model, gives the same weights as one trained all at once.
 """
 
+import contextlib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -62,8 +63,13 @@ def epoch_plan(
     return order, mask.astype(jnp.float32), jax.random.split(steps_key, num_batches)
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, inputs: InputPipeline) -> StepFn:
-    """`step((variables, opt_state), (indices, weights, key), x, y) -> ((variables, opt_state), loss)` for one model."""
+def make_train_step(
+    model: nn.Module, tx: optax.GradientTransformation, inputs: InputPipeline, regression: bool = False
+) -> StepFn:
+    """`step((variables, opt_state), (indices, weights, key), x, y) -> ((variables, opt_state), loss)` for one model.
+
+    The loss is softmax cross-entropy on class labels, or squared error on scores (`regression`).
+    """
 
     def step(carry, batch, x, y):
         variables, opt_state = carry
@@ -72,14 +78,17 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, inputs: 
         images = inputs.train(augment_key, x[indices])
 
         def loss_fn(params):
-            logits, state = model.apply(
+            outputs, state = model.apply(
                 {**variables, "params": params},
                 images,
                 train=True,
                 mutable=["batch_stats"],
                 rngs={"dropout": dropout_key},
             )
-            losses = optax.softmax_cross_entropy_with_integer_labels(logits, y[indices])
+            if regression:
+                losses = optax.squared_error(outputs, y[indices])
+            else:
+                losses = optax.softmax_cross_entropy_with_integer_labels(outputs, y[indices])
             return jnp.sum(losses * weights) / jnp.sum(weights), state
 
         (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
@@ -112,6 +121,7 @@ def train_models(
     saves: TrainingCheckpoints | None = None,
     checkpoint_every: int = 1,
     progress: bool = True,
+    regression: bool = False,
 ) -> tuple[PyTree, np.ndarray]:
     """Train the given models; returns stacked variables and each model's mean loss in the last epoch.
 
@@ -130,7 +140,7 @@ def train_models(
     init = init or (lambda key, index, sample: model.init({"params": key, "dropout": key}, sample, train=False))
     variables = jax.jit(jax.vmap(init, in_axes=(0, 0, None)))(init_keys, jnp.asarray(model_indices), sample)
     opt_state = jax.jit(jax.vmap(lambda v: tx.init(v["params"])))(variables)
-    step = make_train_step(model, tx, inputs)
+    step = make_train_step(model, tx, inputs, regression)
     plan = jax.jit(
         jax.vmap(lambda key, epoch: epoch_plan(key, epoch, len(x_train), batch_size, drop_last), in_axes=(0, None))
     )
@@ -160,34 +170,33 @@ def train_models(
         disable=not progress,
         unit="step",
     )
-    for epoch in range(start, epochs):
-        plans = [plan(data_keys[group], epoch) for group in groups]
-        if scan_steps:
-            results = [
-                run_epoch(carry, batches, x_train, y_train) for carry, batches in zip(carries, plans, strict=True)
-            ]
-            carries, losses = [r[0] for r in results], jnp.concatenate([r[1] for r in results])
-            bar.update(num_batches)
-        else:
-            steps = []
-            for index in range(num_batches):
+    with saves if saves is not None else contextlib.nullcontext():  # an interrupted run finishes its save
+        for epoch in range(start, epochs):
+            plans = [plan(data_keys[group], epoch) for group in groups]
+            if scan_steps:
                 results = [
-                    run_step(carry, jax.tree.map(lambda a, step=index: a[:, step], batches), x_train, y_train)
-                    for carry, batches in zip(carries, plans, strict=False)
+                    run_epoch(carry, batches, x_train, y_train) for carry, batches in zip(carries, plans, strict=True)
                 ]
-                carries = [r[0] for r in results]
-                steps.append(jnp.concatenate([r[1] for r in results]))
-                bar.update(1)
-            losses = jnp.stack(steps, axis=1)
-        stacked = jax.tree.map(lambda *parts: jnp.concatenate(parts), *carries)
-        state = {"variables": stacked[0], "opt_state": stacked[1], "losses": jnp.mean(losses, axis=1)}
-        if saves is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
-            saves.save(epoch + 1, state)
-        if progress:
-            bar.set_postfix(epoch=epoch + 1, loss=f"{float(jnp.mean(state['losses'])):.4f}")
+                carries, losses = [r[0] for r in results], jnp.concatenate([r[1] for r in results])
+                bar.update(num_batches)
+            else:
+                steps = []
+                for index in range(num_batches):
+                    results = [
+                        run_step(carry, jax.tree.map(lambda a, step=index: a[:, step], batches), x_train, y_train)
+                        for carry, batches in zip(carries, plans, strict=False)
+                    ]
+                    carries = [r[0] for r in results]
+                    steps.append(jnp.concatenate([r[1] for r in results]))
+                    bar.update(1)
+                losses = jnp.stack(steps, axis=1)
+            stacked = jax.tree.map(lambda *parts: jnp.concatenate(parts), *carries)
+            state = {"variables": stacked[0], "opt_state": stacked[1], "losses": jnp.mean(losses, axis=1)}
+            if saves is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
+                saves.save(epoch + 1, state)
+            if progress:
+                bar.set_postfix(epoch=epoch + 1, loss=f"{float(jnp.mean(state['losses'])):.4f}")
     bar.close()
-    if saves is not None:
-        saves.wait()
     return state["variables"], np.asarray(state["losses"])
 
 

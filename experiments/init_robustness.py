@@ -21,7 +21,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from configs import iris_mlp  # noqa: E402
 from dwf_jax import pipeline, stages  # noqa: E402
-from dwf_jax.data import load_dataset  # noqa: E402
+from dwf_jax.data import load_configured  # noqa: E402
 from dwf_jax.diversity import geometry  # noqa: E402
 from dwf_jax.evaluate import summary  # noqa: E402
 from dwf_jax.models import INIT_SCHEMES, scheme_of_model  # noqa: E402
@@ -55,7 +55,7 @@ def run_config(init_scheme: str, method: str):
 
 def nearest_originals(config, workdir: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
     """Index of, and L2 distance to, each generated model's nearest original in canonical weight space."""
-    dataset = load_dataset(config.data.name, config.data.dir, config.data.source)
+    dataset = load_configured(config.data)
     flattener = Flattener(stages.model_template(config, dataset))
     work = Workdir(workdir)
     canonical = stages.open_stage(config, work, "canonical", config.zoo.num_models, flattener)
@@ -71,7 +71,7 @@ def run_variant(zoo: str, variant: str, first_workdir: pathlib.Path | None) -> d
     config = run_config(init_scheme, method)
     workdir = pathlib.Path(FLAGS.workdirs) / f"init_robustness_{zoo}_{variant}"
     if first_workdir is not None:
-        dataset = load_dataset(config.data.name, config.data.dir, config.data.source)
+        dataset = load_configured(config.data)
         pipeline.workdir_for(config, dataset, workdir).copy_stages_from(Workdir(first_workdir), ("zoo",))
     report = pipeline.run(config, workdir, progress=True)
 

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from dwf_jax import pipeline  # noqa: E402
-from dwf_jax.data import load_dataset  # noqa: E402
+from dwf_jax.data import load_configured  # noqa: E402
 from dwf_jax.workdir import Workdir  # noqa: E402
 from experiments import common, table17_mnist  # noqa: E402
 
@@ -51,7 +51,7 @@ def run_knob(name: str, overrides: dict, base: pathlib.Path) -> dict:
     config = knob_config(overrides)
     workdir = pathlib.Path(FLAGS.workdirs) / f"novelty_frontier_{name.replace('=', '_')}"
     shared = ("zoo", "canonical") if "pca.components" in overrides else ("zoo", "canonical", "pca")
-    dataset = load_dataset(config.data.name, config.data.dir, config.data.source)
+    dataset = load_configured(config.data)
     pipeline.workdir_for(config, dataset, workdir).copy_stages_from(Workdir(base), shared)
     report = pipeline.run(config, workdir, progress=True)
     return {

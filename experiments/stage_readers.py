@@ -7,14 +7,14 @@ import ml_collections
 import numpy as np
 
 from dwf_jax import evaluate, pca, pipeline, stages
-from dwf_jax.data import load_dataset
+from dwf_jax.data import load_configured
 from dwf_jax.workdir import Workdir
 from dwf_jax.zoo_store import Flattener, groups
 
 
 def recalibrated_original_accuracy(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     """The zoo of `workdir` with its BatchNorm statistics re-estimated from the batches the generated models used."""
-    dataset = load_dataset(config.data.name, config.data.dir, config.data.source)
+    dataset = load_configured(config.data)
     flattener = Flattener(stages.model_template(config, dataset))
     zoo = stages.open_stage(config, Workdir(workdir), "zoo", config.zoo.num_models, flattener)
     statistics = stages.recalibrate(config, dataset, zoo, flattener)
@@ -29,7 +29,7 @@ def reconstructed_zoo_accuracy(config: ml_collections.ConfigDict, workdir: pathl
 
     A stage of the workdir, so a rerun only reads it.
     """
-    dataset = load_dataset(config.data.name, config.data.dir, config.data.source)
+    dataset = load_configured(config.data)
     work = pipeline.workdir_for(config, dataset, workdir)
     work.settings["reconstructed_zoo"] = work.settings["pca"]
     flattener = Flattener(stages.model_template(config, dataset))

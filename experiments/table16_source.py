@@ -22,7 +22,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from configs import mnist_mlp  # noqa: E402
 from dwf_jax import pipeline  # noqa: E402
-from dwf_jax.data import load_dataset  # noqa: E402
+from dwf_jax.data import load_configured  # noqa: E402
 from dwf_jax.workdir import Workdir  # noqa: E402
 from experiments import common  # noqa: E402
 
@@ -60,7 +60,7 @@ def run_one(hidden: int, source: str, variant: str) -> dict:
     config = run_config(hidden, source, METHODS[variant])
     workdir, twin = workdir_of(hidden, source, variant), workdir_of(hidden, "gaussian", variant)
     if source != "gaussian" and (twin / "canonical").exists():
-        dataset = load_dataset(config.data.name, config.data.dir, config.data.source)
+        dataset = load_configured(config.data)
         pipeline.workdir_for(config, dataset, workdir).copy_stages_from(Workdir(twin), ("zoo", "canonical"))
     start = time.perf_counter()
     report = pipeline.run(config, workdir, progress=True)

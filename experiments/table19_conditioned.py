@@ -22,7 +22,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from configs import mnist_mlp  # noqa: E402
 from dwf_jax import conditioned, pipeline  # noqa: E402
-from dwf_jax.data import load_dataset  # noqa: E402
+from dwf_jax.data import load_configured  # noqa: E402
 from dwf_jax.workdir import Workdir  # noqa: E402
 from experiments import common  # noqa: E402
 
@@ -54,7 +54,7 @@ def run_rows() -> dict:
     finished_zoo = pathlib.Path(FLAGS.workdirs) / MNIST_ZOO
     if (finished_zoo / "canonical").exists() and not (workdir / "mnist" / "canonical").exists():
         mnist = configs[0]
-        dataset = load_dataset(mnist.data.name, mnist.data.dir, mnist.data.source)
+        dataset = load_configured(mnist.data)
         target = pipeline.workdir_for(mnist, dataset, workdir / "mnist")
         target.copy_stages_from(Workdir(finished_zoo), ("zoo", "canonical"))
     start = time.perf_counter()

@@ -25,7 +25,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from configs import fashion_mnist_mlp, iris_mlp, mnist_mlp  # noqa: E402
 from dwf_jax import pipeline  # noqa: E402
-from dwf_jax.data import load_dataset  # noqa: E402
+from dwf_jax.data import load_configured  # noqa: E402
 from dwf_jax.workdir import Workdir  # noqa: E402
 from experiments import common  # noqa: E402
 
@@ -81,7 +81,7 @@ def run_one(name: str, hidden: int, space: str, variant: str, zoo_source: pathli
     config = run_config(name, hidden, space, METHODS[variant])
     workdir = workdir_of(name, hidden, space, variant)
     if zoo_source is not None:
-        dataset = load_dataset(config.data.name, config.data.dir, config.data.source)
+        dataset = load_configured(config.data)
         pipeline.workdir_for(config, dataset, workdir).copy_stages_from(Workdir(zoo_source), ("zoo",))
     start = time.perf_counter()
     report = pipeline.run(config, workdir, progress=True)

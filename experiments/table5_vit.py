@@ -21,7 +21,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from configs import vit_small  # noqa: E402
 from dwf_jax import pipeline  # noqa: E402
-from dwf_jax.data import load_dataset  # noqa: E402
+from dwf_jax.data import load_configured  # noqa: E402
 from dwf_jax.workdir import Workdir  # noqa: E402
 from experiments import common  # noqa: E402
 
@@ -73,7 +73,7 @@ def compute_rows() -> list[dict]:
             f"{FLAGS.name}_n{FLAGS.num_models}_e{FLAGS.epochs}_d{FLAGS.depth}_{method}"
         )
         if zoo_source is not None:
-            dataset = load_dataset(config.data.name, config.data.dir, config.data.source)
+            dataset = load_configured(config.data)
             pipeline.workdir_for(config, dataset, workdir).copy_stages_from(Workdir(zoo_source), ("zoo",))
         start = time.perf_counter()
         report = pipeline.run(config, workdir, progress=True)

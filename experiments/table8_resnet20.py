@@ -23,7 +23,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from configs import resnet20  # noqa: E402
 from dwf_jax import pipeline, stages  # noqa: E402
-from dwf_jax.data import load_dataset  # noqa: E402
+from dwf_jax.data import load_configured  # noqa: E402
 from dwf_jax.settings import differences  # noqa: E402
 from dwf_jax.workdir import Workdir, WorkdirConfigMismatch  # noqa: E402
 from dwf_jax.zoo_store import Flattener  # noqa: E402
@@ -97,7 +97,7 @@ def grow_zoo(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
     """Write workdir's zoo stage: the reused models, then the new ones trained here."""
     if Workdir(workdir).done("zoo") or FLAGS.reuse_zoo is None:
         return  # done, or the pipeline trains the whole zoo itself
-    dataset = load_dataset(config.data.name, config.data.dir, config.data.source)
+    dataset = load_configured(config.data)
     work = pipeline.workdir_for(config, dataset, workdir)
     flattener = Flattener(stages.model_template(config, dataset))
     reused = reused_models(config, work, flattener)
@@ -111,7 +111,7 @@ def run_space(base: pathlib.Path, space: str, iterations: int) -> dict:
     """One pipeline run in its own workdir, starting from (and leaving behind) the shared stages in `base`."""
     workdir = base.with_name(f"{base.name}_{space.replace(':', '')}_{iterations}")
     config = space_config(space, iterations)
-    dataset = load_dataset(config.data.name, config.data.dir, config.data.source)
+    dataset = load_configured(config.data)
     pipeline.workdir_for(config, dataset, workdir).copy_stages_from(Workdir(base), SHARED_STAGES)
     start = time.perf_counter()
     result = pipeline.run(config, workdir, progress=True)

@@ -8,6 +8,7 @@ import jax
 import ml_collections
 
 from dwf_jax import permutations
+from dwf_jax.models.bert import Bert
 from dwf_jax.models.cnn import SmallCNN
 from dwf_jax.models.mlp import INIT_SCHEMES, MIXED, MLP, scheme_of_model
 from dwf_jax.models.resnet import ResNet, resnet18, resnet20
@@ -21,6 +22,15 @@ MODEL_FIELDS: dict[str, dict[str, Any]] = {
     "resnet20": {},
     "resnet18": {},
     "vit_small": {"patch": 4, "dim": 192, "depth": 6, "heads": 3, "mlp_ratio": 4, "dropout": 0.1},
+    "bert": {
+        "vocab_size": 30522,
+        "hidden": 768,
+        "layers": 12,
+        "heads": 12,
+        "intermediate": 3072,
+        "max_length": 128,
+        "dropout": 0.1,
+    },
 }
 MODEL_NAMES = tuple(MODEL_FIELDS)
 
@@ -50,6 +60,8 @@ def build_model(model_config: ml_collections.ConfigDict) -> nn.Module:
     if model_config.name == "vit_small":
         fields = {key: model_config[key] for key in MODEL_FIELDS["vit_small"]}
         return ViT(**fields)
+    if model_config.name == "bert":
+        return Bert(**{key: model_config[key] for key in MODEL_FIELDS["bert"]})
     raise ValueError(f"unknown model {model_config.name!r}; choose one of {list(MODEL_NAMES)}")
 
 
@@ -70,9 +82,11 @@ def model_initializer(model_config: ml_collections.ConfigDict) -> Callable[[jax.
 
 
 def output_width(model_config: ml_collections.ConfigDict) -> int:
-    """How many classes the model predicts."""
+    """How many classes the model predicts (1: a regression score)."""
     if model_config.name == "mlp":
         return model_config.features[-1]
+    if model_config.name == "bert":
+        return 1
     return build_model(model_config).num_classes
 
 
@@ -80,6 +94,8 @@ def attention_head_groups(model_config: ml_collections.ConfigDict) -> list[str]:
     """The spec's groups of attention heads, which TransFusion matches by spectrum (none outside transformers)."""
     if model_config.name == "vit_small":
         return permutations.builders.vit_head_groups(model_config.depth)
+    if model_config.name == "bert":
+        return permutations.builders.bert_head_groups(model_config.layers)
     return []
 
 
@@ -89,6 +105,8 @@ def permutation_spec(model_config: ml_collections.ConfigDict) -> Any:
         return permutations.builders.mlp_permutation_spec(len(model_config.features))
     if model_config.name == "vit_small":
         return permutations.builders.vit_permutation_spec(model_config.depth)
+    if model_config.name == "bert":
+        return permutations.builders.bert_permutation_spec(model_config.layers)
     model = build_model(model_config)
     if isinstance(model, SmallCNN):
         return smallcnn_permutation_spec(len(model.widths))
