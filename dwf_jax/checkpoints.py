@@ -100,19 +100,22 @@ def save_tree(
 
     A crash at any moment leaves no folder at `path`, only a `.partial` one that the next save replaces.
     """
-    checkpointer = _start_save(path, tree)
-    checkpointer.wait_until_finished()
-    _seal(path, beside, settings)
+    with _ctrl_c_after():  # orbax's writer threads would wait forever for a save left half done
+        checkpointer = _start_save(path, tree)
+        checkpointer.wait_until_finished()
+        _seal(path, beside, settings)
 
 
 def _start_save(path: pathlib.Path, tree: PyTree) -> ocp.StandardCheckpointer:
-    """Start orbax writing `tree` into `<path>.partial`; it goes on in the background until waited for."""
+    """Start orbax writing `tree` into `<path>.partial`; it goes on in the background until waited for.
+
+    Callers hold Ctrl-C meanwhile (`_ctrl_c_after`): orbax's background writes fail noisily when interrupted.
+    """
     check_free_space(path.parent, tree)
     partial = path.with_name(path.name + PARTIAL_SUFFIX)
     shutil.rmtree(partial, ignore_errors=True)
     checkpointer = ocp.StandardCheckpointer()
-    with _ctrl_c_after():
-        checkpointer.save(partial.absolute(), tree)
+    checkpointer.save(partial.absolute(), tree)
     return checkpointer
 
 
@@ -200,17 +203,27 @@ class TrainingCheckpoints:
         """Start writing a host copy of `state`, so training may overwrite (or donate) its arrays meanwhile."""
         self.wait()
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._pending = step, _start_save(self.directory / str(step), jax.tree.map(np.array, state))
+        with _ctrl_c_after():  # a Ctrl-C is raised once the save is pending, so that `wait` seals it
+            self._pending = step, _start_save(self.directory / str(step), jax.tree.map(np.array, state))
 
     def wait(self) -> None:
         """Block until the last save is on disk and sealed, then drop states beyond the newest `keep`."""
         if self._pending is None:
             return
-        (step, checkpointer), self._pending = self._pending, None
-        checkpointer.wait_until_finished()
-        _seal(self.directory / str(step), None, self.settings)
-        for old in self.steps()[: -self.keep]:
-            shutil.rmtree(self.directory / str(old))
+        with _ctrl_c_after():  # a save left half done would keep orbax's writer threads (and the process) waiting
+            (step, checkpointer), self._pending = self._pending, None
+            checkpointer.wait_until_finished()
+            _seal(self.directory / str(step), None, self.settings)
+            for old in self.steps()[: -self.keep]:
+                shutil.rmtree(self.directory / str(old))
+
+    def __enter__(self) -> "TrainingCheckpoints":
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        """Seal the last save also when training stops early (Ctrl-C, an error): orbax's writer threads
+        would otherwise wait for it forever and keep the process from exiting."""
+        self.wait()
 
     def restore_latest(self, target: PyTree) -> tuple[int, PyTree] | None:
         """(step, state) of the newest state that verifies and restores; None if there is none yet."""

@@ -72,23 +72,23 @@ def train_flow_stage(
     train_key = jax.random.fold_in(root, 1)
     bar = tqdm(total=f.iterations, initial=int(state.step), desc="flow", unit="step", disable=not progress)
     start, start_step = time.perf_counter(), int(state.step)
-    while int(state.step) < f.iterations:
-        step = int(state.step)
-        num_steps = min(f.steps_per_dispatch, f.iterations - step, f.checkpoint_every - step % f.checkpoint_every)
-        state, chunk_losses = train_chunk(state, train_key, weights, num_steps, conditions)
-        losses[step : step + num_steps] = np.asarray(chunk_losses)
-        if not np.all(np.isfinite(chunk_losses)):
-            raise FloatingPointError(
-                f"flow loss became non-finite near step {step + num_steps}: the flow diverged. Lower "
-                f"flow.learning_rate and delete {saves.directory} (states of this rate) to train it again; "
-                "finished stages are kept"
-            )
-        if int(state.step) % f.checkpoint_every == 0 or int(state.step) == f.iterations:
-            saves.save(int(state.step), {"state": state, "losses": losses})
-        bar.update(num_steps)
-        bar.set_postfix(loss=f"{float(jnp.mean(chunk_losses)):.3e}")
+    with saves:  # an interrupted run finishes its last save
+        while int(state.step) < f.iterations:
+            step = int(state.step)
+            num_steps = min(f.steps_per_dispatch, f.iterations - step, f.checkpoint_every - step % f.checkpoint_every)
+            state, chunk_losses = train_chunk(state, train_key, weights, num_steps, conditions)
+            losses[step : step + num_steps] = np.asarray(chunk_losses)
+            if not np.all(np.isfinite(chunk_losses)):
+                raise FloatingPointError(
+                    f"flow loss became non-finite near step {step + num_steps}: the flow diverged. Lower "
+                    f"flow.learning_rate and delete {saves.directory} (states of this rate) to train it again; "
+                    "finished stages are kept"
+                )
+            if int(state.step) % f.checkpoint_every == 0 or int(state.step) == f.iterations:
+                saves.save(int(state.step), {"state": state, "losses": losses})
+            bar.update(num_steps)
+            bar.set_postfix(loss=f"{float(jnp.mean(chunk_losses)):.3e}")
     bar.close()
-    saves.wait()
     steps_run = f.iterations - start_step
     logging.info(
         "flow: %d steps in this run, %.2f ms/step", steps_run, 1e3 * (time.perf_counter() - start) / max(1, steps_run)
