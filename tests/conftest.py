@@ -14,7 +14,7 @@ import pytest
 from tiny_runs import tiny_config
 
 from dwf_jax import pipeline
-from dwf_jax.main import use_deterministic_gpu_ops
+from dwf_jax.cli import use_deterministic_gpu_ops
 
 jax.config.update("jax_default_matmul_precision", "highest")
 use_deterministic_gpu_ops()

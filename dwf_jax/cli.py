@@ -1,0 +1,174 @@
+"""The command line of `python -m dwf_jax.main --config=configs/iris_mlp.py`: flags, config, one-line errors.
+
+Kept short on purpose (as in flax/examples): the work lives in
+`dwf_jax.pipeline`, which can be imported and tested.
+"""
+
+import os
+import pathlib
+import re
+import sys
+import types
+
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from dwf_jax import pipeline, report
+from dwf_jax.checkpoints import CheckpointError, NotEnoughSpace
+from dwf_jax.workdir import REPORT_FILE, WorkdirBusy
+from dwf_jax.zoo_store import NonFiniteWeights
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Where stages and report.json go (default: workdirs/<config name>).")
+flags.DEFINE_bool("progress", True, "Show progress bars.")
+flags.DEFINE_bool("traceback", False, "Show the full traceback of input errors.")
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/iris_mlp.py.", lock_config=True)
+flags.mark_flags_as_required(["config"])
+
+# Errors that describe bad input; they are printed as one line, without a traceback.
+INPUT_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    PermissionError,
+    CheckpointError,
+    NotEnoughSpace,
+    NonFiniteWeights,
+    FloatingPointError,
+    WorkdirBusy,
+)
+INTERRUPTED = 130  # the shell's status for a process ended by SIGINT
+
+
+class ConfigFileError(Exception):
+    """The config file given by --config cannot be used; the message names the file and the problem."""
+
+
+def _traceback_requested(argv: list[str]) -> bool:
+    """Whether argv turns --traceback on (read by hand: FLAGS are not parsed when parsing fails)."""
+    requested = False
+    for arg in argv[1:]:
+        name, _, value = arg.lstrip("-").partition("=")
+        if name == "traceback":
+            requested = value.lower() not in ("false", "f", "0")
+        elif name == "notraceback":
+            requested = False
+    return requested
+
+
+def _flag_problem(error: flags.Error) -> str:
+    """One line for an absl flag error; validators and config_flags' wrapped errors get their real cause."""
+    text = str(error)
+    wrapped = re.match(r"flag --config=(.*?): Error whilst parsing config file", text)
+    if wrapped:  # get_config raised TypeError or ValueError; config_flags put its traceback in the message
+        path = wrapped.group(1).split(":", 1)[0]
+        lines = re.findall(rf'File "{re.escape(path)}", line (\d+)', text)
+        return f"config file {path}{f', line {lines[-1]}' if lines else ''}: {text.strip().splitlines()[-1]}"
+    if isinstance(error, flags.IllegalFlagValueError) and FLAGS["config"].value is None:  # the required-flag check
+        if not FLAGS["config"].present:
+            return "no --config given; pass a config file, e.g. --config=configs/iris_mlp.py"
+        return f"get_config() in {FLAGS['config'].config_filename} returned None (is its return statement missing?)"
+    if isinstance(error, flags.UnrecognizedFlagError):
+        suggestion = re.search(r"Did you mean: (.+) \?", text)
+        hint = f" (did you mean --{suggestion.group(1)}?)" if suggestion else ""
+        return f"unknown flag --{error.flagname}{hint}; --helpshort lists the flags"
+    return " ".join(text.removeprefix("flag ").split())
+
+
+def _unknown_key(error: AttributeError | KeyError, argv: list[str]) -> str:
+    """An unknown `--config.KEY` named by the key, or a config file without get_config."""
+    if isinstance(error, AttributeError) and error.name == "get_config" and isinstance(error.obj, types.ModuleType):
+        return f"config file {error.obj.__file__} defines no get_config() function"
+    text = str(error).replace("\\", "")
+    name = re.search(r"'([^']+)'", text)
+    name = name.group(1) if name else text
+    suggestion = re.search(r'Did you mean "([^"]+)"', text)
+    hint = f' (did you mean "{suggestion.group(1)}"?)' if suggestion else ""
+    culprits = [arg for arg in argv if arg.startswith("--config.") and f".{name}" in arg.split("=")[0]]
+    return (
+        f"unknown config key {name!r} in {' '.join(culprits or argv[1:])}{hint}; the config file lists the valid keys."
+    )
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl parsing, with every flag or config file problem reported as one line (the stack with --traceback)."""
+    try:
+        return FLAGS(argv)
+    except (flags.Error, SyntaxError, AttributeError, KeyError) as error:
+        if _traceback_requested(argv):
+            raise
+        if isinstance(error, flags.Error):
+            problem = _flag_problem(error)
+        elif isinstance(error, SyntaxError):  # config_flags imports the file while parsing --config
+            problem = f"syntax error in config file {error.filename}, line {error.lineno}: {error.msg}"
+        else:
+            problem = _unknown_key(error, argv)
+        sys.exit(f"dwf_jax: error: {problem}")
+
+
+def loaded_config() -> ml_collections.ConfigDict:
+    """FLAGS.config, or one line on why the file gave none (its keys and values are `validate_config`'s job)."""
+    filename = FLAGS["config"].config_filename
+    path = pathlib.Path(filename.split(":", 1)[0])
+    config = FLAGS.config
+    try:
+        getattr(config, "keys", None)  # config_flags defers a failed read: its stand-in raises OSError when used
+    except OSError as error:
+        if not path.name:
+            raise ConfigFileError("--config is empty; pass a config file, e.g. --config=configs/iris_mlp.py") from error
+        if not path.exists():
+            raise ConfigFileError(f"config file {path} does not exist") from error
+        if path.is_dir():
+            raise ConfigFileError(f"--config={path} is a directory, not a config file") from error
+        cause = error.__cause__ or error
+        raise ConfigFileError(f"cannot read config file {path}: {getattr(cause, 'strerror', None) or cause}") from error
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigFileError(
+            f"get_config() in {filename} returned a {type(config).__name__}, not an ml_collections.ConfigDict "
+            "(configs start from dwf_jax.config.base_config())"
+        )
+    return config
+
+
+def use_deterministic_gpu_ops() -> None:
+    """Same config and seed, same numbers on a GPU too: XLA otherwise picks kernels (atomics, autotuned
+    convolutions) whose results vary from run to run. Takes effect before the first computation."""
+    flags_now = os.environ.get("XLA_FLAGS", "")
+    if "xla_gpu_deterministic_ops" not in flags_now:
+        os.environ["XLA_FLAGS"] = f"{flags_now} --xla_gpu_deterministic_ops=true".strip()
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    use_deterministic_gpu_ops()
+    config_name = pathlib.Path(FLAGS["config"].config_filename).stem
+    workdir = pathlib.Path(FLAGS.workdir or f"workdirs/{config_name}")
+    try:
+        config = loaded_config()
+        logging.set_verbosity(logging.INFO)
+        logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
+        logging.info("writing to %s", workdir.absolute())
+        result = pipeline.run(config, workdir, progress=FLAGS.progress)
+    except (ConfigFileError, *INPUT_ERRORS) as error:
+        if FLAGS.traceback:
+            raise
+        sys.exit(f"dwf_jax: error: {error}")
+    except KeyboardInterrupt as error:
+        if FLAGS.traceback:
+            raise
+        print(
+            f"dwf_jax: {error}"
+            if str(error)
+            else f"dwf_jax: interrupted; run the same command again to resume in {workdir} "
+            "(finished stages and training checkpoints are kept)",
+            file=sys.stderr,
+        )
+        sys.exit(INTERRUPTED)
+    print(report.format_summary(result))
+    print(f"report: {workdir / REPORT_FILE}")
+
+
+def run() -> None:
+    """Parse the command line and run the pipeline (`python -m dwf_jax.main`)."""
+    app.run(main, flags_parser=parse_flags)
