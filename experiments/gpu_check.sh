@@ -7,15 +7,7 @@ out=${1:?output folder}
 data=${2:?data folder}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false  # tests start subprocesses that share the GPU
-python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" | tee "$out/devices.txt"
-timed() {  # timed NAME LIMIT COMMAND...: wall seconds of COMMAND into $out/timings.txt, its output into $out/NAME.log
-  local name=$1 limit=$2
-  shift 2
-  local start=$SECONDS
-  timeout "$limit" "$@" >"$out/$name.log" 2>&1
-  echo "$name: exit $? in $((SECONDS - start)) s" | tee -a "$out/timings.txt"
-  tail -12 "$out/$name.log"
-}
+source "$(dirname "$0")/gpu_timed.sh"
 timed iris 60 python3 -m dwf_jax.main --config=configs/iris_mlp.py --workdir="$out/work/iris" --noprogress
 timed mnist 120 python3 -m dwf_jax.main --config=configs/mnist_mlp.py --config.data.dir="$data" --workdir="$out/work/mnist" --noprogress
 for run in iris mnist; do cp "$out/work/$run/report.json" "$out/${run}_report.json"; done

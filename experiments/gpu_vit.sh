@@ -11,15 +11,7 @@ first_epochs=${FIRST_EPOCHS:-5}
 extra=${EXTRA_FLAGS:-}  # e.g. "--depth=1 --batch_size=16" for a dry run on a CPU
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
-python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" | tee -a "$out/timings.txt"
-timed() {  # timed NAME LIMIT COMMAND...: wall seconds of COMMAND into $out/timings.txt, its output into $out/NAME.log
-  local name=$1 limit=$2
-  shift 2
-  local start=$SECONDS
-  timeout "$limit" "$@" >"$out/$name.log" 2>&1
-  echo "$name: exit $? in $((SECONDS - start)) s" | tee -a "$out/timings.txt"
-  tail -5 "$out/$name.log"
-}
+source "$(dirname "$0")/gpu_timed.sh"
 vit() {  # vit EPOCHS LIMIT: the three alignment methods on one zoo of $models models
   timed "vit_e$1" "$2" python3 experiments/table5_vit.py --data_dir="$data" --num_models=$models --epochs="$1" \
     --name="table5_vit_gpu_e$1" --workdirs=/tmp/vit_workdirs $extra
