@@ -83,11 +83,10 @@ def _ctrl_c_after() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-        if received:
-            if callable(previous):
-                previous(*received[0])
-            else:
-                signal.raise_signal(signal.SIGINT)
+        if received and callable(previous):
+            previous(*received[0])
+        elif received and previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
 
 
 def save_tree(
@@ -222,8 +221,16 @@ class TrainingCheckpoints:
 
     def __exit__(self, *exception: object) -> None:
         """Seal the last save also when training stops early (Ctrl-C, an error): orbax's writer threads
-        would otherwise wait for it forever and keep the process from exiting."""
-        self.wait()
+        would otherwise wait for it forever and keep the process from exiting. A second Ctrl-C that
+        arrives before the wait starts is raised once the save is sealed."""
+        interrupted = False
+        while self._pending is not None:
+            try:
+                self.wait()
+            except KeyboardInterrupt:
+                interrupted = True
+        if interrupted:
+            raise KeyboardInterrupt
 
     def restore_latest(self, target: PyTree) -> tuple[int, PyTree] | None:
         """(step, state) of the newest state that verifies and restores; None if there is none yet."""

@@ -303,7 +303,7 @@ def _validate_text(config: ml_collections.ConfigDict) -> None:
     if not text:
         return
     d = config.data
-    _check(d.max_tokens >= 2, f"data.max_tokens={d.max_tokens} must be >= 2 ([CLS] and at least one token)")
+    _check(d.max_tokens >= 3, f"data.max_tokens={d.max_tokens} must be >= 3 ([CLS], a token, [SEP])")
     _check(
         d.max_tokens <= config.model.max_length,
         f"data.max_tokens={d.max_tokens} exceeds model.max_length={config.model.max_length} (its position embeddings)",

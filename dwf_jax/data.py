@@ -232,10 +232,26 @@ def _load_text(name: str, data_dir: str | None, source: str, max_tokens: int, vo
     if name == "yelp":
         if source == "offline":
             raise DatasetNotFoundError("dataset 'yelp' has no offline copy; offline, use data.name=vader_sentiment")
-        return text.load_yelp(max_tokens)
+        try:
+            splits = text.yelp_splits(max_tokens)
+        except Exception as error:  # no package, no network, no hub: one message for all
+            raise DatasetNotFoundError(
+                f"dataset 'yelp' needs internet and `pip install datasets` ({type(error).__name__}: {error}); "
+                "offline, use data.name=vader_sentiment"
+            ) from error
+        return Dataset(name, *splits, num_classes=1, source=text.YELP_SOURCE, regression=True)
     if source == "tfds":
         raise DatasetNotFoundError("dataset 'vader_sentiment' has no tensorflow-datasets copy; use source 'auto'")
-    return text.load_vader_sentiment(data_dir, max_tokens, vocab_size)
+    archive = os.path.join(data_dir, text.VADER_ARCHIVE) if data_dir else None
+    if archive is None or not os.path.isfile(archive):
+        where = archive or f"no data dir (no data_dir argument and ${DATA_DIR_ENV} is not set)"
+        raise DatasetNotFoundError(
+            f"dataset 'vader_sentiment' not found: {where}. It ships on PyPI inside the vaderSentiment source "
+            f"archive; with DIR as the data dir run `{text.vader_download_hint('DIR')}` and pass --config.data.dir=DIR"
+        )
+    splits = text.vader_splits(archive, max_tokens, vocab_size)
+    source = f"VADER rated sentences (Hutto & Gilbert 2014) from {archive}"
+    return Dataset(name, *splits, num_classes=1, source=source, regression=True)
 
 
 def _scale_images(images: np.ndarray) -> np.ndarray:

@@ -266,5 +266,9 @@ def baseline_ensembles(
         parts.append(baselines.mixtures(canonical, *plan))
     store = write_rows(work.matrix_file("baselines"), itertools.chain(*parts))
     statistics = recalibrate(config, dataset, store, flattener) if recalibrate_bn else None
-    evidence = store_evidence(predict, store, store, flattener, config.zoo.models_per_chunk, statistics)
-    return {"accuracy": percent_correct(evidence["wrong"]), **evidence}
+    group = config.zoo.models_per_chunk
+    evidence = store_evidence(predict, store, store, flattener, group, statistics)
+    score = percent_correct(evidence["wrong"])
+    if dataset.regression:  # the errors are errors of sign; the score is Spearman's, as for every other ensemble
+        score = store_accuracy(evaluator(config, dataset), store, flattener, group, statistics)
+    return {"accuracy": score, **evidence}

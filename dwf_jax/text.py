@@ -1,12 +1,12 @@
 """Text regression data for BERT zoos: sentences with a real-valued score, as token ids ([CLS] first, 0 = padding).
 
 Offline: the human-rated sentences of Hutto & Gilbert (ICWSM 2014), shipped on
-PyPI inside the vaderSentiment 3.3.2 source archive: 23,699 tweets, movie and
+PyPI inside the vaderSentiment 3.3.2 source archive: 23,703 tweets, movie and
 Amazon review snippets and NYT editorial snippets, each scored by the mean of
 about 20 raters on -4..4. Its WordPiece vocabulary is counted from the
 training split (`wordpiece_vocabulary`). Online: the paper's Yelp reviews (Hugging
-Face `yelp_review_full`, 1-5 stars as the score) with the bert-base-uncased
-tokenizer.
+Face `yelp_review_full`, 1-5 stars less 3 as the score) with the
+bert-base-uncased tokenizer.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ import zlib
 
 import numpy as np
 
-from dwf_jax.data import Dataset, DatasetNotFoundError
-
 VADER_VERSION = "3.3.2"
 # The source archive as `pip download` saves it, relative to the data dir.
 VADER_ARCHIVE = os.path.join("vader_sentiment", f"vaderSentiment-{VADER_VERSION}.tar.gz")
@@ -30,6 +28,7 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # [PAD] must be
 TEST_EVERY = 5  # one sentence in five (by a hash of its corpus and id) is a test sentence
 YELP_TOKENIZER = "bert-base-uncased"
 YELP_VOCAB_SIZE = 30522  # that tokenizer's vocabulary
+YELP_SOURCE = f"Hugging Face Yelp/yelp_review_full, {YELP_TOKENIZER} tokenizer"
 
 
 def vader_download_hint(data_dir: str) -> str:
@@ -91,6 +90,11 @@ def wordpiece_vocabulary(texts: list[str], vocab_size: int) -> dict[str, int]:
     )
     characters = sorted({character for word in words for character in word})
     pieces = [*characters, *(f"##{character}" for character in characters)]
+    if vocab_size < len(SPECIAL_TOKENS) + len(pieces):
+        raise ValueError(
+            f"data.vocab_size={vocab_size} is too small: the special tokens and the {len(characters)} characters "
+            f"of the training text, alone and as ## continuations, need {len(SPECIAL_TOKENS) + len(pieces)}"
+        )
     ranked = sorted((word for word in words if len(word) > 1), key=lambda word: (-words[word], word))
     tokens = [*SPECIAL_TOKENS, *pieces, *ranked][:vocab_size]
     return {token: index for index, token in enumerate(tokens)}
@@ -110,55 +114,32 @@ def encode(tokenizer, texts: list[str], max_tokens: int) -> np.ndarray:
     return np.asarray([encoding.ids for encoding in tokenizer.encode_batch(texts)], np.int32)
 
 
-def load_vader_sentiment(data_dir: str | None, max_tokens: int, vocab_size: int):
-    """The rated sentences as a regression Dataset, tokenized with a vocabulary of the training split."""
-    archive = os.path.join(data_dir, VADER_ARCHIVE) if data_dir else None
-    if archive is None or not os.path.isfile(archive):
-        where = archive or "no data dir (no data_dir argument and $DWF_DATA_DIR is not set)"
-        raise DatasetNotFoundError(
-            f"dataset 'vader_sentiment' not found: {where}. It ships on PyPI inside the vaderSentiment source "
-            f"archive; with DIR as the data dir run `{vader_download_hint('DIR')}` and pass --config.data.dir=DIR"
-        )
+Splits = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # train tokens, train scores, test tokens, test scores
+
+
+def vader_splits(archive: str, max_tokens: int, vocab_size: int) -> Splits:
+    """The rated sentences as token ids and scores, tokenized with a vocabulary of the training split."""
     rows = read_vader_sentences(archive)
     test = np.asarray([is_test_sentence(corpus, sentence_id) for corpus, sentence_id, _, _ in rows])
     texts = [text for *_, text in rows]
     scores = np.asarray([score for _, _, score, _ in rows], np.float32)
     train_texts = [text for text, held_out in zip(texts, test, strict=True) if not held_out]
     tokens = encode(tokenizer_for(wordpiece_vocabulary(train_texts, vocab_size)), texts, max_tokens)
-    return Dataset(
-        "vader_sentiment",
-        tokens[~test],
-        scores[~test],
-        tokens[test],
-        scores[test],
-        num_classes=1,
-        source=f"VADER rated sentences (Hutto & Gilbert 2014) from {archive}",
-        regression=True,
-    )
+    return tokens[~test], scores[~test], tokens[test], scores[test]
 
 
-def load_yelp(max_tokens: int):
-    """Yelp reviews from the Hugging Face hub (needs internet and `pip install datasets`), 1-5 stars as the score."""
-    try:
-        import datasets
-        from tokenizers import Tokenizer
+def yelp_splits(max_tokens: int) -> Splits:
+    """Yelp reviews from the Hugging Face hub (needs internet and `pip install datasets`), stars - 3 as the score.
 
-        splits = datasets.load_dataset("Yelp/yelp_review_full")
-        tokenizer = Tokenizer.from_pretrained(YELP_TOKENIZER)
-    except Exception as error:  # no package, no network, no hub: one message for all
-        raise DatasetNotFoundError(
-            f"dataset 'yelp' needs internet and `pip install datasets` ({type(error).__name__}: {error}); "
-            "offline, use data.name=vader_sentiment"
-        ) from error
-    arrays = [
-        (encode(tokenizer, splits[split]["text"], max_tokens), np.asarray(splits[split]["label"], np.float32) + 1)
-        for split in ("train", "test")
-    ]
-    return Dataset(
-        "yelp",
-        *arrays[0],
-        *arrays[1],
-        num_classes=1,
-        source=f"Hugging Face Yelp/yelp_review_full, {YELP_TOKENIZER} tokenizer",
-        regression=True,
-    )
+    Centred so that, as for the VADER ratings, the sign of a score says whether a review is positive.
+    """
+    import datasets
+    from tokenizers import Tokenizer
+
+    splits = datasets.load_dataset("Yelp/yelp_review_full")
+    tokenizer = Tokenizer.from_pretrained(YELP_TOKENIZER)
+    arrays = []
+    for split in ("train", "test"):
+        stars = np.asarray(splits[split]["label"], np.float32) + 1
+        arrays += [encode(tokenizer, splits[split]["text"], max_tokens), stars - 3]
+    return tuple(arrays)

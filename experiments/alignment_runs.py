@@ -19,7 +19,7 @@ from experiments import common
 
 def main_command(config: ml_collections.ConfigDict, config_file: str, keys: Sequence[str]) -> str:
     """The `python -m dwf_jax.main` command that computes the same run: `keys` are the settings that differ."""
-    values = {key: config[key.split(".")[0]][key.split(".")[1]] for key in (*keys, "canonical.method")}
+    values = {key: config[key.split(".")[0]][key.split(".")[1]] for key in ("data.dir", *keys, "canonical.method")}
     values["baselines.noise_stds"], values["baselines.mixtures"] = "()", 0
     return f"python -m dwf_jax.main --config={config_file} " + " ".join(
         f"--config.{key}={value}" for key, value in values.items()

@@ -13,6 +13,7 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 source "$(dirname "$0")/gpu_timed.sh"
 vit() {  # vit EPOCHS LIMIT: the three alignment methods on one zoo of $models models
+  rm -f experiments/results/table5_vit_gpu_e"$1".*  # a failed run must not pass off committed results as its own
   timed "vit_e$1" "$2" python3 experiments/table5_vit.py --data_dir="$data" --num_models=$models --epochs="$1" \
     --name="table5_vit_gpu_e$1" --workdirs=/tmp/vit_workdirs $extra
   cp experiments/results/table5_vit_gpu_e"$1".* "$out/" 2>/dev/null
@@ -25,7 +26,7 @@ import json, sys
 rows = json.load(open(sys.argv[1]))["rows"]
 left, first = float(sys.argv[2]), int(sys.argv[3])
 zoo = rows[0]["timings"]["zoo"] / first
-rest = sum(rows[0]["timings"].values()) - rows[0]["timings"]["zoo"] + sum(sum(r["timings"].values()) for r in rows[1:])
+rest = sum(sum(r["timings"].values()) - r["timings"]["zoo"] for r in rows)  # later runs copy the zoo's time
 print(max(0, min(60, int((left - 1.3 * rest - 30) / zoo))))
 EOF
 )

@@ -5,7 +5,6 @@ import sys
 
 import numpy as np
 import pytest
-import scipy.stats
 from textfiles import rated_sentences, write_vader_archive
 
 import configs.bert
@@ -87,8 +86,13 @@ def test_a_damaged_archive_or_rating_is_named(tmp_path):
 def test_spearman_ranks():
     targets = np.array([0.5, -2.0, 3.0, 1.0])
     scores = np.stack([targets * 10 + 1, -targets, np.full(4, 2.0), [1.0, 2.0, 3.0, 4.0]])
-    expected = scipy.stats.spearmanr(scores[3], targets).statistic
-    np.testing.assert_allclose(spearman(scores, targets), [1.0, -1.0, 0.0, expected])
+    # Last row: target ranks (2, 1, 4, 3) against (1, 2, 3, 4), so 1 - 6 * 4 / (4 * 15) = 0.6.
+    np.testing.assert_allclose(spearman(scores, targets), [1.0, -1.0, 0.0, 0.6])
+
+
+def test_a_vocabulary_without_room_for_every_character_is_refused(data_dir):
+    with pytest.raises(ValueError, match=r"data.vocab_size=20 is too small: .* need \d+"):
+        load_dataset("vader_sentiment", str(data_dir), max_tokens=12, vocab_size=20)
 
 
 @pytest.mark.parametrize(
@@ -128,3 +132,7 @@ def test_the_bert_pipeline_learns_the_scores_and_generates_working_encoders(bert
     assert moved["max_accuracy_change"] < 1e-5
     assert moved["distance_to_reference_after"]["mean"] < moved["distance_to_reference_before"]["mean"]
     assert bert_run["generated"]["accuracy"]["min"] > 0.5, bert_run["generated"]
+    noise = bert_run["baselines"]["noise_std_0.001"]["accuracy"]
+    assert abs(noise["mean"] - bert_run["original"]["accuracy"]["mean"]) < 0.05, "baselines scored by Spearman too"
+    shared = bert_run["diversity"]["max_iou_of_errors"]["original_to_original"]["mean"]
+    assert 0 < shared <= 1, "errors of sign overlap between originals"

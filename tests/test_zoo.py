@@ -111,3 +111,35 @@ def test_checkpoints_every_k_epochs_and_at_the_end(tmp_path):
         progress=False,
     )
     assert saves.steps() == [3, 6, 7]
+
+
+def test_training_stopped_by_ctrl_c_seals_its_last_save(tmp_path, monkeypatch):
+    """The save in flight is finished and sealed on the way out: orbax's writer threads never wait on it."""
+    data, epochs_seen = load_dataset("iris"), []
+    saves = checkpoints.TrainingCheckpoints(tmp_path / "chunk", settings={}, differences=differences, keep=10)
+    original_save = saves.save
+
+    def save_then_ctrl_c(step, state):
+        original_save(step, state)
+        epochs_seen.append(step)
+        if step == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(saves, "save", save_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        zoo.train_models(
+            MLP((4, 3)),
+            zoo.make_optimizer("adam", 1e-2, 0.0),
+            data.x_train,
+            data.y_train,
+            seed=0,
+            model_indices=np.arange(2),
+            epochs=5,
+            batch_size=64,
+            inputs=input_pipeline("iris"),
+            saves=saves,
+            progress=False,
+        )
+    assert epochs_seen == [1, 2] and saves.steps() == [1, 2]
+    assert not list((tmp_path / "chunk").glob("*.partial"))
+    assert checkpoints.verify(tmp_path / "chunk" / "2")
