@@ -93,9 +93,8 @@ def test_sgd_is_momentum_sgd_with_decoupled_weight_decay_added_to_the_gradient()
         zoo.make_optimizer("lion", 0.1, 0.0)
 
 
-def test_checkpoints_every_k_epochs_and_at_the_end(tmp_path):
+def _train_two_iris_models(saves: checkpoints.TrainingCheckpoints, epochs: int, checkpoint_every: int = 1) -> None:
     data = load_dataset("iris")
-    saves = checkpoints.TrainingCheckpoints(tmp_path / "chunk", settings={}, differences=differences, keep=10)
     zoo.train_models(
         MLP((4, 3)),
         zoo.make_optimizer("adam", 1e-2, 0.0),
@@ -103,19 +102,24 @@ def test_checkpoints_every_k_epochs_and_at_the_end(tmp_path):
         data.y_train,
         seed=0,
         model_indices=np.arange(2),
-        epochs=7,
+        epochs=epochs,
         batch_size=64,
         inputs=input_pipeline("iris"),
         saves=saves,
-        checkpoint_every=3,
+        checkpoint_every=checkpoint_every,
         progress=False,
     )
+
+
+def test_checkpoints_every_k_epochs_and_at_the_end(tmp_path):
+    saves = checkpoints.TrainingCheckpoints(tmp_path / "chunk", settings={}, differences=differences, keep=10)
+    _train_two_iris_models(saves, epochs=7, checkpoint_every=3)
     assert saves.steps() == [3, 6, 7]
 
 
 def test_training_stopped_by_ctrl_c_seals_its_last_save(tmp_path, monkeypatch):
     """The save in flight is finished and sealed on the way out: orbax's writer threads never wait on it."""
-    data, epochs_seen = load_dataset("iris"), []
+    epochs_seen = []
     saves = checkpoints.TrainingCheckpoints(tmp_path / "chunk", settings={}, differences=differences, keep=10)
     original_save = saves.save
 
@@ -127,19 +131,7 @@ def test_training_stopped_by_ctrl_c_seals_its_last_save(tmp_path, monkeypatch):
 
     monkeypatch.setattr(saves, "save", save_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
-        zoo.train_models(
-            MLP((4, 3)),
-            zoo.make_optimizer("adam", 1e-2, 0.0),
-            data.x_train,
-            data.y_train,
-            seed=0,
-            model_indices=np.arange(2),
-            epochs=5,
-            batch_size=64,
-            inputs=input_pipeline("iris"),
-            saves=saves,
-            progress=False,
-        )
+        _train_two_iris_models(saves, epochs=5)
     assert epochs_seen == [1, 2] and saves.steps() == [1, 2]
     assert not list((tmp_path / "chunk").glob("*.partial"))
     assert checkpoints.verify(tmp_path / "chunk" / "2")
