@@ -16,9 +16,19 @@ from dwf_jax import canonical, flow, pca, zoo
 from dwf_jax.bn_recalibration import CALIBRATION_DATA
 from dwf_jax.data import DATASETS, NUM_CLASSES, SOURCES, TEXT_DATASETS
 from dwf_jax.keys import MAX_MODELS
-from dwf_jax.models import INIT_SCHEMES, MIXED, MODEL_NAMES, attention_head_groups, model_config, output_width
+from dwf_jax.models import (
+    INIT_SCHEMES,
+    MIXED,
+    MODEL_FIELDS,
+    MODEL_NAMES,
+    attention_head_groups,
+    model_config,
+    output_width,
+)
 from dwf_jax.text import SPECIAL_TOKENS, YELP_VOCAB_SIZE
 
+# The field the attention heads split, per transformer architecture.
+TRANSFORMER_WIDTHS = {"vit_small": "dim", "bert": "hidden"}
 # Noise scales beyond this are not weights any more: float32 samples overflow long before 1e30.
 MAX_NOISE_STD = 100.0
 
@@ -275,20 +285,17 @@ def _validate_model(model: ml_collections.ConfigDict) -> None:
             len(model.features) >= 1 and min(model.features) >= 1,
             f"model.features={model.features} needs positive widths",
         )
-    if model.name == "vit_small":
-        sizes = {key: model[key] for key in ("patch", "dim", "depth", "heads", "mlp_ratio")}
-        _check(min(sizes.values()) >= 1, f"model {sizes} needs positive sizes")
-        _check(model.dim % model.heads == 0, f"model.dim={model.dim} must be a multiple of model.heads={model.heads}")
-        _check(32 % model.patch == 0, f"model.patch={model.patch} must divide the 32-pixel image side")
-        _check(0.0 <= model.dropout < 1.0, f"model.dropout={model.dropout} must be in [0, 1)")
-    if model.name == "bert":
-        sizes = {key: model[key] for key in ("vocab_size", "hidden", "layers", "heads", "intermediate", "max_length")}
+    if model.name in TRANSFORMER_WIDTHS:
+        width = TRANSFORMER_WIDTHS[model.name]
+        sizes = {key: model[key] for key in MODEL_FIELDS[model.name] if key != "dropout"}
         _check(min(sizes.values()) >= 1, f"model {sizes} needs positive sizes")
         _check(
-            model.hidden % model.heads == 0,
-            f"model.hidden={model.hidden} must be a multiple of model.heads={model.heads}",
+            model[width] % model.heads == 0,
+            f"model.{width}={model[width]} must be a multiple of model.heads={model.heads}",
         )
         _check(0.0 <= model.dropout < 1.0, f"model.dropout={model.dropout} must be in [0, 1)")
+    if model.name == "vit_small":
+        _check(32 % model.patch == 0, f"model.patch={model.patch} must divide the 32-pixel image side")
 
 
 def _validate_text(config: ml_collections.ConfigDict) -> None:

@@ -33,6 +33,7 @@ MODEL_FIELDS: dict[str, dict[str, Any]] = {
     },
 }
 MODEL_NAMES = tuple(MODEL_FIELDS)
+TRANSFORMERS = {"vit_small": ViT, "bert": Bert}  # built from exactly their MODEL_FIELDS
 
 
 def model_config(name: str, **fields: Any) -> ml_collections.ConfigDict:
@@ -57,11 +58,8 @@ def build_model(model_config: ml_collections.ConfigDict) -> nn.Module:
         return resnet20()
     if model_config.name == "resnet18":
         return resnet18()
-    if model_config.name == "vit_small":
-        fields = {key: model_config[key] for key in MODEL_FIELDS["vit_small"]}
-        return ViT(**fields)
-    if model_config.name == "bert":
-        return Bert(**{key: model_config[key] for key in MODEL_FIELDS["bert"]})
+    if model_config.name in TRANSFORMERS:
+        return TRANSFORMERS[model_config.name](**{key: model_config[key] for key in MODEL_FIELDS[model_config.name]})
     raise ValueError(f"unknown model {model_config.name!r}; choose one of {list(MODEL_NAMES)}")
 
 
