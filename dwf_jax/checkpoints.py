@@ -1,9 +1,12 @@
 """Persistence of stages and training checkpoints: atomic, checksummed, and clear about damaged files.
 
-Every tree is written by orbax into `<path>.partial`, a manifest with the
-sha256 of each of its files (and of files written beside it, like a stage's
-matrix) is added, and the folder is renamed into place: a folder that exists
-is complete, and any byte changed since is detected by `verify`.
+Every tree is written by orbax into `<path>.dwf-partial`, a manifest with the
+digest of each of its files (and of files written beside it, like a stage's
+matrix) is added, everything is fsync'ed, and the folder is renamed into place:
+a folder that exists is complete and durable, and any byte changed since is
+detected by `verify`. Digests are BLAKE3 (cryptographic, about 4x faster than
+sha256 here: `benchmarks/verify_cost.py`); manifests of earlier versions name
+sha256 and still verify.
 """
 
 import contextlib
@@ -13,19 +16,23 @@ import os
 import pathlib
 import shutil
 import signal
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import blake3
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from dwf_jax import durable
+from dwf_jax.durable import NotEnoughSpace
+
 PyTree = Any
 MANIFEST_FILE = "dwf_manifest.json"
-PARTIAL_SUFFIX = ".partial"
+PARTIAL_SUFFIX = ".dwf-partial"  # a name only dwf_jax makes: what a run may delete as its own leftover
+DIGEST = "blake3"
 _SPACE_MARGIN_BYTES = 16 << 20
 _DIGEST_BLOCK_BYTES = 16 << 20
 
@@ -36,10 +43,6 @@ class CheckpointError(RuntimeError):
 
 class CheckpointSettingsMismatch(CheckpointError):
     """A training checkpoint was saved by a run with other settings."""
-
-
-class NotEnoughSpace(OSError):
-    """The disk cannot hold the next stage."""
 
 
 def check_free_space(directory: pathlib.Path, tree: PyTree) -> None:
@@ -54,21 +57,26 @@ def check_free_space(directory: pathlib.Path, tree: PyTree) -> None:
         )
 
 
-def file_digest(path: pathlib.Path) -> str:
-    """sha256 of a file, read in blocks so zoo-sized matrices never sit in memory."""
-    digest = hashlib.sha256()
+def file_digest(path: pathlib.Path, algorithm: str = DIGEST, sync: bool = False) -> str:
+    """Digest of a file, read in blocks so zoo-sized matrices never sit in memory; `sync` also fsyncs it."""
+    digest = blake3.blake3() if algorithm == "blake3" else hashlib.new(algorithm)
     with open(path, "rb") as handle:
         while block := handle.read(_DIGEST_BLOCK_BYTES):
             digest.update(block)
+        if sync:
+            os.fsync(handle.fileno())
     return digest.hexdigest()
 
 
-def _digests(folder: pathlib.Path) -> dict[str, str]:
-    return {
-        str(path.relative_to(folder)): file_digest(path)
-        for path in sorted(folder.rglob("*"))
-        if path.is_file() and path.name != MANIFEST_FILE
-    }
+def _sealed_digests(folder: pathlib.Path) -> dict[str, str]:
+    """Digests of every file under `folder`, each fsync'ed, and the folders' entries fsync'ed too."""
+    digests = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_dir():
+            durable.fsync_path(path)
+        elif path.name != MANIFEST_FILE:
+            digests[str(path.relative_to(folder))] = file_digest(path, sync=True)
+    return digests
 
 
 @contextlib.contextmanager
@@ -97,16 +105,34 @@ def save_tree(
 ) -> None:
     """Write `tree` to the folder `path` with a manifest of checksums (also of the files `beside`) and `settings`.
 
-    A crash at any moment leaves no folder at `path`, only a `.partial` one that the next save replaces.
+    A crash at any moment leaves no folder at `path`, only a `.dwf-partial` one that the next save replaces.
     """
     with _ctrl_c_after():  # orbax's writer threads would wait forever for a save left half done
         checkpointer = _start_save(path, tree)
-        checkpointer.wait_until_finished()
+        _finish(checkpointer, path)
         _seal(path, beside, settings)
 
 
+@contextlib.contextmanager
+def _full_disk_named(path: pathlib.Path) -> Iterator[None]:
+    """A full disk that orbax met (raised wrapped, from its writer threads) as one NotEnoughSpace naming `path`."""
+    try:
+        yield
+    except Exception as error:
+        cause = durable.full_disk_cause(error)
+        if cause is None or isinstance(error, NotEnoughSpace):
+            raise
+        raise durable.disk_full(path, cause) from error
+
+
+def _finish(checkpointer: ocp.StandardCheckpointer, path: pathlib.Path) -> None:
+    """Wait for orbax's background write of `path`."""
+    with _full_disk_named(path):
+        checkpointer.wait_until_finished()
+
+
 def _start_save(path: pathlib.Path, tree: PyTree) -> ocp.StandardCheckpointer:
-    """Start orbax writing `tree` into `<path>.partial`; it goes on in the background until waited for.
+    """Start orbax writing `tree` into `<path>.dwf-partial`; it goes on in the background until waited for.
 
     Callers hold Ctrl-C meanwhile (`_ctrl_c_after`): orbax's background writes fail noisily when interrupted.
     """
@@ -114,21 +140,28 @@ def _start_save(path: pathlib.Path, tree: PyTree) -> ocp.StandardCheckpointer:
     partial = path.with_name(path.name + PARTIAL_SUFFIX)
     shutil.rmtree(partial, ignore_errors=True)
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(partial.absolute(), tree)
+    with _full_disk_named(path):
+        checkpointer.save(partial.absolute(), tree)
     return checkpointer
 
 
 def _seal(path: pathlib.Path, beside: Mapping[str, pathlib.Path] | None, settings: Mapping[str, Any] | None) -> None:
-    """Add the manifest to the finished `<path>.partial` and rename it to `path`."""
+    """Add the manifest to the finished `<path>.dwf-partial`, fsync it all and rename it to `path`.
+
+    Files `beside` were sealed by their writers; fsync'ing them again is cheap, and the stage vouches for them.
+    """
     partial = path.with_name(path.name + PARTIAL_SUFFIX)
     manifest = {
-        "files": _digests(partial),
-        "beside": {name: file_digest(file) for name, file in (beside or {}).items()},
+        "digest": DIGEST,
+        "files": _sealed_digests(partial),
+        "beside": {name: file_digest(file, sync=True) for name, file in (beside or {}).items()},
         "settings": dict(settings or {}),
     }
     save_json(partial / MANIFEST_FILE, manifest)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(partial, path)
+    durable.fsync_path(partial)
+    if path.exists():
+        shutil.rmtree(path)
+    durable.place(partial, path)
 
 
 def read_manifest(path: pathlib.Path) -> dict:
@@ -148,6 +181,7 @@ def verify(path: pathlib.Path, beside: Mapping[str, pathlib.Path] | None = None)
     Raises CheckpointError naming the first file that is missing or changed.
     """
     manifest = read_manifest(path)
+    algorithm = manifest.get("digest", "sha256")  # manifests before BLAKE3 name none
     expected = [(path / name, digest) for name, digest in manifest["files"].items()]
     beside = beside or {}
     for name, digest in manifest["beside"].items():
@@ -157,7 +191,7 @@ def verify(path: pathlib.Path, beside: Mapping[str, pathlib.Path] | None = None)
     for file, digest in expected:
         if not file.is_file():
             raise CheckpointError(f"{file} is missing")
-        if file_digest(file) != digest:
+        if file_digest(file, algorithm) != digest:
             raise CheckpointError(f"{file} does not match the checksum recorded when it was written (damaged)")
     return manifest
 
@@ -211,7 +245,7 @@ class TrainingCheckpoints:
             return
         with _ctrl_c_after():  # a save left half done would keep orbax's writer threads (and the process) waiting
             (step, checkpointer), self._pending = self._pending, None
-            checkpointer.wait_until_finished()
+            _finish(checkpointer, self.directory / str(step))
             _seal(self.directory / str(step), None, self.settings)
             for old in self.steps()[: -self.keep]:
                 shutil.rmtree(self.directory / str(old))
@@ -264,23 +298,9 @@ class TrainingCheckpoints:
             )
 
 
-@contextlib.contextmanager
-def atomic_path(path: pathlib.Path) -> Iterator[pathlib.Path]:
-    """A temporary name beside `path` to write to; renamed onto `path` only when the write completes."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    temporary = pathlib.Path(temporary)
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def save_json(path: pathlib.Path, payload: dict) -> None:
-    """Write JSON atomically so readers never see half a file."""
-    with atomic_path(path) as temporary:
-        temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    """Write JSON whole and durably, so readers never see half a file."""
+    durable.write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
 
 
 def load_json(path: pathlib.Path) -> dict:

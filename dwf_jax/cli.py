@@ -8,6 +8,7 @@ import os
 import pathlib
 import re
 import sys
+import traceback
 import types
 
 import ml_collections
@@ -16,7 +17,9 @@ from ml_collections import config_flags
 
 from dwf_jax import pipeline, report
 from dwf_jax.checkpoints import CheckpointError, NotEnoughSpace
-from dwf_jax.workdir import REPORT_FILE, WorkdirBusy
+from dwf_jax.durable import full_disk_cause
+from dwf_jax.session import WorkdirBusy
+from dwf_jax.workdir import REPORT_FILE
 from dwf_jax.zoo_store import NonFiniteWeights
 
 FLAGS = flags.FLAGS
@@ -56,14 +59,41 @@ def _traceback_requested(argv: list[str]) -> bool:
     return requested
 
 
+def _config_argument(argv: list[str]) -> str | None:
+    """The config file named on the command line (read by hand: FLAGS are not parsed when parsing fails)."""
+    for index, arg in enumerate(argv[1:], 1):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1].split(":", 1)[0]
+        if arg == "--config" and index + 1 < len(argv):
+            return argv[index + 1].split(":", 1)[0]
+    return None
+
+
+def _raised_in_config_file(error: BaseException, path: str | None) -> str | None:
+    """One line for an exception the config file raised (in get_config or while imported), naming its line.
+
+    config_flags re-raises some (TypeError, ValueError) inside its own errors: the chain is searched.
+    """
+    if not path:
+        return None
+    target, seen = os.path.realpath(path), set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        lines = [
+            frame.lineno
+            for frame in traceback.extract_tb(error.__traceback__)
+            if os.path.realpath(frame.filename) == target
+        ]
+        if lines:
+            message = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+            return f"config file {path}, line {lines[-1]}: {type(error).__name__}: {message or '(no message)'}"
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def _flag_problem(error: flags.Error) -> str:
-    """One line for an absl flag error; validators and config_flags' wrapped errors get their real cause."""
+    """One line for an absl flag error; a validator's cause rather than absl's wrapping."""
     text = str(error)
-    wrapped = re.match(r"flag --config=(.*?): Error whilst parsing config file", text)
-    if wrapped:  # get_config raised TypeError or ValueError; config_flags put its traceback in the message
-        path = wrapped.group(1).split(":", 1)[0]
-        lines = re.findall(rf'File "{re.escape(path)}", line (\d+)', text)
-        return f"config file {path}{f', line {lines[-1]}' if lines else ''}: {text.strip().splitlines()[-1]}"
     if isinstance(error, flags.IllegalFlagValueError) and FLAGS["config"].value is None:  # the required-flag check
         if not FLAGS["config"].present:
             return "no --config given; pass a config file, e.g. --config=configs/iris_mlp.py"
@@ -94,15 +124,20 @@ def parse_flags(argv: list[str]) -> list[str]:
     """absl parsing, with every flag or config file problem reported as one line (the stack with --traceback)."""
     try:
         return FLAGS(argv)
-    except (flags.Error, SyntaxError, AttributeError, KeyError) as error:
+    except Exception as error:
         if _traceback_requested(argv):
             raise
-        if isinstance(error, flags.Error):
+        problem = _raised_in_config_file(error, _config_argument(argv))
+        if problem is not None:
+            pass
+        elif isinstance(error, flags.Error):
             problem = _flag_problem(error)
         elif isinstance(error, SyntaxError):  # config_flags imports the file while parsing --config
             problem = f"syntax error in config file {error.filename}, line {error.lineno}: {error.msg}"
-        else:
+        elif isinstance(error, AttributeError | KeyError):
             problem = _unknown_key(error, argv)
+        else:
+            raise
         sys.exit(f"dwf_jax: error: {problem}")
 
 
@@ -130,6 +165,16 @@ def loaded_config() -> ml_collections.ConfigDict:
     return config
 
 
+def default_workdir(config_filename: str) -> pathlib.Path:
+    """workdirs/<config name>; a config file whose name is no folder name ('..py') needs --workdir."""
+    name = pathlib.Path(config_filename.split(":", 1)[0]).stem
+    if name in ("", ".", "..") or name.startswith("."):
+        raise ConfigFileError(
+            f"config file {config_filename} gives no folder name for the default workdir; pass --workdir"
+        )
+    return pathlib.Path("workdirs") / name
+
+
 def use_deterministic_gpu_ops() -> None:
     """Same config and seed, same numbers on a GPU too: XLA otherwise picks kernels (atomics, autotuned
     convolutions) whose results vary from run to run. Takes effect before the first computation."""
@@ -142,9 +187,8 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     use_deterministic_gpu_ops()
-    config_name = pathlib.Path(FLAGS["config"].config_filename).stem
-    workdir = pathlib.Path(FLAGS.workdir or f"workdirs/{config_name}")
     try:
+        workdir = pathlib.Path(FLAGS.workdir or default_workdir(FLAGS["config"].config_filename))
         config = loaded_config()
         logging.set_verbosity(logging.INFO)
         logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
@@ -154,6 +198,13 @@ def main(argv: list[str]) -> None:
         if FLAGS.traceback:
             raise
         sys.exit(f"dwf_jax: error: {error}")
+    except Exception as error:  # a full disk met inside a library (orbax, matplotlib) that wraps the OSError
+        if FLAGS.traceback or full_disk_cause(error) is None:
+            raise
+        sys.exit(
+            f"dwf_jax: error: disk full under {workdir} ({full_disk_cause(error).strerror}). Free some space "
+            "and rerun the same command: finished stages are kept"
+        )
     except KeyboardInterrupt as error:
         if FLAGS.traceback:
             raise

@@ -8,7 +8,6 @@ with condition c are networks for dataset c: they are evaluated on the test
 split of every dataset, and the diagonal of that matrix is the result.
 """
 
-import contextlib
 import pathlib
 from collections.abc import Sequence
 
@@ -23,8 +22,9 @@ from dwf_jax.data import Dataset, load_configured
 from dwf_jax.evaluate import summary
 from dwf_jax.flow_stage import flow_source, sample_stage, train_flow_stage
 from dwf_jax.pipeline import canonical_zoo, workdir_for
+from dwf_jax.session import link_error, opened
 from dwf_jax.settings import stage_settings
-from dwf_jax.workdir import Workdir, locked
+from dwf_jax.workdir import Workdir
 from dwf_jax.zoo_store import Flattener, check_finite
 
 STAGES = ("conditioned_flow", "conditioned_samples", "conditioned_eval")
@@ -84,18 +84,17 @@ def run(configs: Sequence[ml_collections.ConfigDict], workdir: pathlib.Path, pro
     check_compatible(configs)
     config = configs[0]  # the shared flow and sample settings
     datasets = [load_configured(c.data) for c in configs]
+    for c, dataset in zip(configs, datasets, strict=True):
+        stages.steps_per_epoch(c, dataset)
     zoo_works = [workdir_for(c, d, workdir / c.data.name) for c, d in zip(configs, datasets, strict=True)]
     work = Workdir(workdir, _settings(configs, datasets))
-    for each in (*zoo_works, work):
-        each.check()
-    with contextlib.ExitStack() as stack:
-        for each in (*zoo_works, work):
-            stack.enter_context(locked(each.path))
-            each.remove_leftovers()
+    for zoo_work in zoo_works:
+        if zoo_work.path.is_symlink():
+            raise link_error(zoo_work.path)
+    with opened([work, *zoo_works], [None, *configs]):
         templates = [stages.model_template(c, dataset) for c, dataset in zip(configs, datasets, strict=True)]
         zoos = []
         for c, dataset, zoo_work, template in zip(configs, datasets, zoo_works, templates, strict=True):
-            zoo_work.record_config(c)
             evaluate = stages.evaluator(c, dataset)
             zoo_stage, _, _, canonical = canonical_zoo(c, dataset, zoo_work, Flattener(template), evaluate, progress)
             zoos.append((zoo_stage["test_accuracy"], canonical.as_array()))

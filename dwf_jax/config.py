@@ -31,6 +31,10 @@ from dwf_jax.text import SPECIAL_TOKENS, YELP_VOCAB_SIZE
 TRANSFORMER_WIDTHS = {"vit_small": "dim", "bert": "hidden"}
 # Noise scales beyond this are not weights any more: float32 samples overflow long before 1e30.
 MAX_NOISE_STD = 100.0
+# jax.random.key takes 32 bits of a seed: larger seeds would silently repeat smaller ones' zoos.
+SEED_LIMIT = 2**32
+# Tokens per text: every example is padded to it (memory grows with it, attention with its square); BERT uses 512.
+MAX_TOKENS = 4096
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -193,6 +197,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         + (" (the last of model.features is the output width)" if config.model.name == "mlp" else ""),
     )
     z, f, sample = config.zoo, config.flow, config.sample
+    _check(
+        0 <= config.seed < SEED_LIMIT,
+        f"seed={config.seed} must be in [0, 2**32): jax keys take 32 bits, so larger seeds repeat smaller ones",
+    )
     _check(config.models_per_vmap >= 0, f"models_per_vmap={config.models_per_vmap} must be >= 0 (0 = all)")
     _check(
         2 <= z.num_models < MAX_MODELS,
@@ -269,7 +277,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check(config.bn.num_batches >= 1 and config.bn.batch_size >= 1, "bn.num_batches and bn.batch_size must be >= 1")
     _check(config.eval.batch_size >= 1, f"eval.batch_size={config.eval.batch_size} must be >= 1")
     b = config.baselines
-    _check(all(std >= 0 for std in b.noise_stds), f"baselines.noise_stds={tuple(b.noise_stds)} must be >= 0")
+    _check(
+        all(0 <= std <= MAX_NOISE_STD for std in b.noise_stds),
+        f"baselines.noise_stds={tuple(b.noise_stds)} must each be in [0, {MAX_NOISE_STD}]",
+    )
     _check(b.mixtures >= 0, f"baselines.mixtures={b.mixtures} must be >= 0 (0: none)")
     _check(
         2 <= b.mix <= z.num_models,
@@ -311,6 +322,10 @@ def _validate_text(config: ml_collections.ConfigDict) -> None:
         return
     d = config.data
     _check(d.max_tokens >= 3, f"data.max_tokens={d.max_tokens} must be >= 3 ([CLS], a token, [SEP])")
+    _check(
+        config.model.max_length <= MAX_TOKENS,
+        f"model.max_length={config.model.max_length} must be <= {MAX_TOKENS} (every text is padded to its tokens)",
+    )
     _check(
         d.max_tokens <= config.model.max_length,
         f"data.max_tokens={d.max_tokens} exceeds model.max_length={config.model.max_length} (its position embeddings)",

@@ -24,8 +24,9 @@ from dwf_jax.evaluate import zoo_distances
 from dwf_jax.flow import Source
 from dwf_jax.flow_stage import flow_source, sample_stage, train_flow_stage
 from dwf_jax.pca import inverse_transform_to_file
+from dwf_jax.session import opened
 from dwf_jax.settings import stage_settings
-from dwf_jax.workdir import Workdir, locked
+from dwf_jax.workdir import Workdir
 from dwf_jax.zoo_store import Flattener, ZooStore, check_finite, write_rows
 
 
@@ -49,15 +50,13 @@ def workdir_for(config: ml_collections.ConfigDict, dataset: Dataset, workdir: pa
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, progress: bool = True) -> dict:
     """Run (or resume) every stage in `workdir` and return the report.
 
-    Everything that can be refused (the config, the data, the workdir's stages) is checked before the first write.
+    The config and the data are refused before the first write, the workdir's stages under its lock (`opened`).
     """
     validate_config(config)
     dataset = load_configured(config.data)
+    stages.steps_per_epoch(config, dataset)
     work = workdir_for(config, dataset, workdir)
-    work.check()
-    with locked(workdir):
-        work.remove_leftovers()
-        work.record_config(config)
+    with opened([work], [config]):
         try:
             return run_stages(config, dataset, work, progress)
         except KeyboardInterrupt:

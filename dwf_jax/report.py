@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 from matplotlib.figure import Figure
 
-from dwf_jax import checkpoints, diversity, flow
+from dwf_jax import checkpoints, diversity, durable, flow
 from dwf_jax.data import Dataset
 from dwf_jax.evaluate import Distances, novelty, summary
 
@@ -244,5 +244,5 @@ def write(result: dict, report_path: pathlib.Path, figure_path: pathlib.Path, di
     """report.json and the figures, each written whole or not at all."""
     checkpoints.save_json(report_path, result)
     for path, draw in ((figure_path, accuracy_figure), (diversity_path, diversity_figure)):
-        with checkpoints.atomic_path(path) as temporary:
+        with durable.atomic_path(path) as temporary:
             draw(result).savefig(temporary, dpi=120, format="png")

@@ -6,6 +6,7 @@ what they return is the small part of the stage that orbax keeps.
 """
 
 import itertools
+import math
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
@@ -24,12 +25,15 @@ from dwf_jax.diversity import weight_quantiles
 from dwf_jax.evaluate import ensemble_accuracy, ensemble_predictions, percent_correct
 from dwf_jax.models import attention_head_groups, build_model, model_initializer, permutation_spec
 from dwf_jax.workdir import Workdir
-from dwf_jax.zoo_store import Flattener, ZooStore, check_finite, concatenate, write_rows
+from dwf_jax.zoo_store import Flattener, NonFiniteWeights, ZooStore, check_finite, concatenate, write_rows
 
 PyTree = Any
 Evaluator = Callable[[PyTree], np.ndarray]
 # Columns per streamed block when pca.micro_batch is 0: 100 models x 65536 float32 = 26 MB.
 DEFAULT_BLOCK = 65536
+# A zoo model whose mean loss of an epoch exceeds this many times the loss of guessing has diverged. Large on
+# purpose: Adam at a high rate (Iris, rate 10) starts 500x above guessing in epoch 1 and still ends below it.
+DIVERGED_LOSS_FACTOR = 1000.0
 
 
 def block_size(config: ml_collections.ConfigDict) -> int:
@@ -108,6 +112,25 @@ def store_evidence(
     }
 
 
+def steps_per_epoch(config: ml_collections.ConfigDict, dataset: Dataset) -> int:
+    """Minibatches per zoo epoch; a batch the training set cannot fill with `zoo.drop_last` is refused."""
+    z, examples = config.zoo, len(dataset.x_train)
+    steps = examples // z.batch_size if z.drop_last else -(-examples // z.batch_size)
+    if steps == 0:
+        raise ValueError(
+            f"zoo.batch_size={z.batch_size} with zoo.drop_last leaves no step per epoch: {dataset.name} has only "
+            f"{examples} training examples; lower zoo.batch_size"
+        )
+    return steps
+
+
+def guessing_loss(dataset: Dataset) -> float:
+    """The loss of a model that knows nothing: uniform over the classes, or a score of 0 (squared error)."""
+    if dataset.regression:
+        return max(float(np.mean(np.square(dataset.y_train, dtype=np.float64))), 1e-6)
+    return math.log(dataset.num_classes)
+
+
 def train_chunks(
     config: ml_collections.ConfigDict, dataset: Dataset, work: Workdir, progress: bool, first_model: int = 0
 ) -> Iterator[PyTree]:
@@ -118,13 +141,8 @@ def train_chunks(
     """
     model = build_model(config.model)
     z = config.zoo
-    steps_per_epoch = len(dataset.x_train) // z.batch_size if z.drop_last else -(-len(dataset.x_train) // z.batch_size)
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"zoo.batch_size={z.batch_size} with zoo.drop_last leaves no step per epoch: {dataset.name} has only "
-            f"{len(dataset.x_train)} training examples; lower zoo.batch_size"
-        )
-    tx = zoo.make_optimizer(z.optimizer, z.learning_rate, z.weight_decay, z.schedule, z.epochs * steps_per_epoch)
+    total_steps = z.epochs * steps_per_epoch(config, dataset)
+    tx = zoo.make_optimizer(z.optimizer, z.learning_rate, z.weight_decay, z.schedule, total_steps)
     for indices in zoo.chunks(z.num_models - first_model, z.models_per_chunk):
         indices = indices + first_model
         variables, _ = zoo.train_models(
@@ -145,6 +163,7 @@ def train_chunks(
             checkpoint_every=z.checkpoint_every,
             progress=progress,
             regression=dataset.regression,
+            max_loss=DIVERGED_LOSS_FACTOR * guessing_loss(dataset),
         )
         yield jax.tree.map(np.asarray, variables)
 
@@ -172,7 +191,13 @@ def train_zoo(
             yield from flattener.rows(chunk)
 
     reused_rows = () if reused is None else (reused[0].read(index) for index in range(first_model))
-    write_rows(work.matrix_file("zoo"), itertools.chain(reused_rows, rows()))
+    try:
+        write_rows(work.matrix_file("zoo"), itertools.chain(reused_rows, rows()))
+    except (zoo.ZooDiverged, NonFiniteWeights) as error:
+        work.remove_zoo_chunks()  # made with the diverging settings: they would only block a rerun with a lower rate
+        raise type(error)(
+            f"{error}; this zoo's training checkpoints were removed: rerun to train from the start"
+        ) from None
     return {"test_accuracy": np.concatenate(accuracies)}
 
 

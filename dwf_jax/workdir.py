@@ -4,17 +4,15 @@ Every path a run writes is named here. A stage is an orbax dir (small arrays)
 plus, for zoo-sized results, one raw float32 matrix beside it (`MATRIX_FILES`),
 written and renamed into place before the stage dir: "stage dir exists" means
 "done". The stage's manifest holds checksums of both and the settings it was
-computed with (`dwf_jax.settings`); `Workdir.check` verifies them all before a
-run touches anything.
+computed with (`dwf_jax.settings`); `Workdir.check` verifies them all once a
+run holds the workdir (`dwf_jax.session.opened`), before it computes anything.
 """
 
-import contextlib
-import fcntl
 import os
 import pathlib
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -22,7 +20,7 @@ import ml_collections
 from absl import logging
 
 from dwf_jax import checkpoints
-from dwf_jax.checkpoints import PARTIAL_SUFFIX, CheckpointError
+from dwf_jax.checkpoints import CheckpointError
 from dwf_jax.settings import STAGE_KEYS, Settings, config_as_dict, differences
 from dwf_jax.zoo_store import ZooStore, open_file
 
@@ -60,8 +58,18 @@ UPSTREAM = {
     "diversity": ("samples", "bn_stats"),
     "baselines": ("canonical",),
 }
-# Names of files an interrupted write leaves behind (ours, and orbax's temporary folders).
-LEFTOVER_PATTERNS = (f"*{PARTIAL_SUFFIX}", ".*.tmp", "*.orbax-checkpoint-tmp-*")
+# Every other name a run writes at the top of its workdir (stages and matrix files aside).
+RUN_FILES = (
+    ZOO_CHUNKS,
+    FLOW_CHECKPOINTS,
+    CONFIG_FILE,
+    REPORT_FILE,
+    FIGURE_FILE,
+    DIVERSITY_FIGURE_FILE,
+    TIMINGS_FILE,
+    LOCK_FILE,
+    FORMAT_FILE,
+)
 
 
 class WorkdirConfigMismatch(ValueError):
@@ -74,14 +82,6 @@ class WorkdirFormatMismatch(ValueError):
 
 class StageDamaged(CheckpointError):
     """A finished stage's files changed after they were written."""
-
-
-class WorkdirBusy(RuntimeError):
-    """Another run holds the workdir."""
-
-
-class WorkdirNotWritable(PermissionError):
-    """The workdir cannot be created or written."""
 
 
 class Workdir:
@@ -118,19 +118,15 @@ class Workdir:
         return checkpoints.TrainingCheckpoints(folder, self.settings[stage], differences)
 
     def remove_zoo_chunks(self) -> None:
-        """Training checkpoints are dead weight once the zoo stage exists."""
-        shutil.rmtree(self.path / ZOO_CHUNKS, ignore_errors=True)
+        """Training checkpoints are dead weight once the zoo stage is sealed (durably), or once they diverged."""
+        chunks = self.path / ZOO_CHUNKS
+        if chunks.is_dir() and not chunks.is_symlink():
+            shutil.rmtree(chunks)
 
-    def remove_leftovers(self) -> None:
-        """Delete what interrupted writes left behind; only under the lock, so no write is in flight."""
-        folders = [self.path, self.flow_checkpoints, *(self.path / ZOO_CHUNKS).glob("*")]
-        for folder in folders:
-            for pattern in LEFTOVER_PATTERNS:
-                for leftover in folder.glob(pattern):
-                    if leftover.is_dir():
-                        shutil.rmtree(leftover)
-                    else:
-                        leftover.unlink()
+    def owned_names(self) -> list[str]:
+        """Every name a run writes or deletes at the top of this workdir."""
+        stages = {*STAGE_KEYS, *UPSTREAM, *self.settings}
+        return sorted({*stages, *(MATRIX_FILES[name] for name in stages if name in MATRIX_FILES), *RUN_FILES})
 
     def done(self, name: str) -> bool:
         return self.stage(name).exists()
@@ -169,10 +165,10 @@ class Workdir:
 
     def record_config(self, config: ml_collections.ConfigDict) -> None:
         """Record the config of the latest run, for people: the stages keep the settings they depend on."""
-        self._record_format()
+        self.record_format()
         checkpoints.save_json(self.path / CONFIG_FILE, config_as_dict(config))
 
-    def _record_format(self) -> None:
+    def record_format(self) -> None:
         """Mark the workdir with the format of the stages about to be written in it."""
         if not (self.path / FORMAT_FILE).exists():
             self.path.mkdir(parents=True, exist_ok=True)
@@ -223,7 +219,7 @@ class Workdir:
             )
         if name not in self.settings:
             raise ValueError(f"no settings for stage {name}: this Workdir can only read finished stages")
-        self._record_format()
+        self.record_format()
         start = time.perf_counter()
         result = jax.block_until_ready(compute())
         checkpoints.save_tree(path, result, self._beside(name), settings=self.settings[name])
@@ -242,60 +238,3 @@ class Workdir:
             return open_file(self.matrix_file(stage), rows, dim, in_memory)
         except (FileNotFoundError, ValueError) as error:
             raise StageDamaged(f"{error} (another architecture?); {self._delete_advice(stage)}") from error
-
-    def copy_stages_from(self, source: "Workdir", stages: Iterable[str], ignore: tuple[str, ...] = ()) -> None:
-        """Take finished stages (dir and matrix file) of another workdir, computed with this one's settings.
-
-        Stages this workdir has are kept. Each is verified, then copied under a
-        temporary name and renamed, so an interrupted copy never looks like a finished stage.
-        """
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._record_format()
-        for name in stages:
-            if not source.done(name) or self.done(name):
-                continue
-            changed = differences(source.verify(name), self.settings[name], ignore)
-            if changed:
-                raise WorkdirConfigMismatch(
-                    f"stage {name} of {source.path} was computed with other settings ({', '.join(changed[:5])})"
-                )
-            if name in MATRIX_FILES:
-                with checkpoints.atomic_path(self.matrix_file(name)) as temporary:
-                    shutil.copyfile(source.matrix_file(name), temporary)
-            partial = self.stage(name).with_name(name + PARTIAL_SUFFIX)
-            shutil.rmtree(partial, ignore_errors=True)
-            shutil.copytree(source.stage(name), partial)
-            os.replace(partial, self.stage(name))
-            self.timings.setdefault(name, source.timings.get(name, float("nan")))
-            logging.info("stage %-9s taken from %s", name, source.path)
-        checkpoints.save_json(self._timings_file, self.timings)
-
-
-@contextlib.contextmanager
-def locked(workdir: pathlib.Path) -> Iterator[None]:
-    """Hold an exclusive lock on the workdir for the whole run.
-
-    flock is released by the kernel when the process dies, even by SIGKILL, so a
-    killed run never leaves a stale lock behind.
-    """
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        handle = open(workdir / LOCK_FILE, "a+")  # noqa: SIM115 (closed by the with below, after the error mapping)
-    except OSError as error:
-        raise WorkdirNotWritable(
-            f"workdir {workdir} is not writable ({error.strerror}); choose another --workdir"
-        ) from error
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            raise WorkdirBusy(
-                f"workdir {workdir} is in use by another run (pid {handle.read().strip() or 'unknown'}); "
-                "wait for it to finish or use another --workdir"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        yield

@@ -26,6 +26,25 @@ SCHEDULES = ("none", "cosine")
 StepFn = Callable[..., tuple[tuple[PyTree, PyTree], jax.Array]]
 
 
+class ZooDiverged(FloatingPointError):
+    """Some models' training loss became non-finite or far above the loss of guessing."""
+
+
+def check_losses(losses: np.ndarray, max_loss: float, epoch: int, model_indices: np.ndarray) -> None:
+    """Raise naming the models whose mean loss of an epoch is non-finite or above `max_loss`.
+
+    Adam takes bounded steps, so a far too large rate gives huge weights and losses, never NaN: NaN checks alone
+    would let such a zoo run to a full report.
+    """
+    bad = np.flatnonzero(~(np.abs(losses) <= max_loss))
+    if len(bad):
+        shown = ", ".join(f"model {model_indices[i]}: {losses[i]:.3g}" for i in bad[:3])
+        raise ZooDiverged(
+            f"zoo training diverged in epoch {epoch}: {len(bad)} of {len(losses)} models have a mean loss above "
+            f"{max_loss:.3g} (far above the loss of guessing) or not finite ({shown}). Lower zoo.learning_rate"
+        )
+
+
 def make_optimizer(
     name: str, learning_rate: float, weight_decay: float, schedule: str = "none", total_steps: int = 1
 ) -> optax.GradientTransformation:
@@ -122,6 +141,7 @@ def train_models(
     checkpoint_every: int = 1,
     progress: bool = True,
     regression: bool = False,
+    max_loss: float = math.inf,
 ) -> tuple[PyTree, np.ndarray]:
     """Train the given models; returns stacked variables and each model's mean loss in the last epoch.
 
@@ -133,7 +153,8 @@ def train_models(
     state is saved every `checkpoint_every` epochs (step = epochs done) and
     training continues from the latest save that restores. `init(key, model_index,
     sample)` draws a model's variables (default: `model.init`; a mixed-init zoo
-    passes `models.model_initializer`).
+    passes `models.model_initializer`). A model whose mean loss of an epoch exceeds
+    `max_loss` (or is not finite) stops training with `ZooDiverged`, before that epoch is saved.
     """
     init_keys, data_keys = model_keys(seed, model_indices)
     sample = inputs.eval(jnp.asarray(x_train[:1]))
@@ -192,6 +213,7 @@ def train_models(
                 losses = jnp.stack(steps, axis=1)
             stacked = jax.tree.map(lambda *parts: jnp.concatenate(parts), *carries)
             state = {"variables": stacked[0], "opt_state": stacked[1], "losses": jnp.mean(losses, axis=1)}
+            check_losses(np.asarray(state["losses"]), max_loss, epoch + 1, np.asarray(model_indices))
             if saves is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
                 saves.save(epoch + 1, state)
             if progress:

@@ -5,7 +5,8 @@ models (`rows`, `groups`) or a block of columns (`columns`, what the streamed
 PCA and distances need). `MemoryZoo` wraps an array; `FileZoo` reads a raw
 row-major float32 file a piece at a time, so a zoo larger than memory (100
 ResNet-18s are 4.5 GB) never sits in RAM. Both are written from a stream of
-models (`write_rows`), atomically. The pytree side lives here too: a
+models (`write_rows`), atomically and durably (`dwf_jax.durable`: every write
+checked, a full disk one clear error). The pytree side lives here too: a
 `Flattener` maps one model's variables to a row and back, `unstack` /
 `concatenate` move between models and stacked zoos.
 """
@@ -21,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
+
+from dwf_jax import durable
 
 PyTree = Any
 Reader = Callable[[int, int], np.ndarray]  # read_columns(start, stop) -> (rows, stop - start)
@@ -89,8 +92,12 @@ class FileZoo(NamedTuple):
 
     @classmethod
     def create(cls, path: str | os.PathLike, num_models: int, dim: int) -> "FileZoo":
-        """A zero-filled zoo file, to be filled with `write_columns`."""
-        np.memmap(path, np.float32, mode="w+", shape=(num_models, dim)).flush()
+        """A zero-filled (sparse) zoo file, to be filled with `write_columns`; a new file, never through a link."""
+        descriptor = durable.create(pathlib.Path(path))
+        try:
+            os.ftruncate(descriptor, num_models * dim * 4)
+        finally:
+            os.close(descriptor)
         return cls(pathlib.Path(path), num_models, dim)
 
     def read(self, index: int) -> np.ndarray:
@@ -114,12 +121,15 @@ class FileZoo(NamedTuple):
         return block
 
     def write_columns(self, start: int, values: np.ndarray) -> None:
-        """Fill columns start.. with one positioned write per row: the file's pages stay out of RSS."""
+        """Fill columns start.. with one checked write per row: the file's pages stay out of RSS."""
         values = np.ascontiguousarray(values, np.float32)
-        with open(self.path, "r+b", buffering=0) as file:
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
             for row in range(self.num_models):
-                file.seek((row * self.dim + start) * 4)
-                values[row].tofile(file)
+                os.lseek(descriptor, (row * self.dim + start) * 4, os.SEEK_SET)
+                durable.write_all(descriptor, values[row].data, self.path)
+        finally:
+            os.close(descriptor)
 
     def as_array(self) -> np.memmap:
         """The whole file as a read-only memory map (for arrays indexed freely, e.g. PCA components)."""
@@ -165,25 +175,30 @@ def as_store(matrix: np.ndarray | jax.Array) -> ZooStore:
 def write_rows(path: str | os.PathLike, rows: Iterable[np.ndarray]) -> FileZoo:
     """Write a stream of (D,) rows (one in memory at a time) as a zoo file.
 
-    The file is written beside its final name and renamed when complete, so a
-    crash never leaves a zoo file that looks whole.
+    The file is written beside its final name, every write checked, and renamed
+    when complete and fsync'ed, so neither a crash nor a full disk leaves a zoo
+    file that looks whole.
     """
     path = pathlib.Path(path)
-    partial_path = path.with_name(path.name + ".partial")
     rows = iter(rows)
     first = next(rows, None)
     if first is None:
         raise ValueError("a zoo file needs at least one model")
     dim = np.asarray(first).size
     num_rows = 0
-    with open(partial_path, "wb") as file:
-        for row in itertools.chain([first], rows):
-            row = np.asarray(row, np.float32).reshape(-1)
-            if row.size != dim:
-                raise ValueError(f"row {num_rows} has {row.size} weights, expected {dim}")
-            row.tofile(file)
-            num_rows += 1
-    os.replace(partial_path, path)
+    with durable.atomic_path(path) as temporary:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            for row in itertools.chain([first], rows):
+                row = np.ascontiguousarray(row, np.float32).reshape(-1)
+                if row.size != dim:
+                    raise ValueError(f"row {num_rows} has {row.size} weights, expected {dim}")
+                durable.write_all(descriptor, row.data, path)
+                num_rows += 1
+            if os.fstat(descriptor).st_size != num_rows * dim * 4:
+                raise durable.disk_full(path)
+        finally:
+            os.close(descriptor)
     return FileZoo(path, num_rows, dim)
 
 
@@ -191,9 +206,9 @@ def write_rows(path: str | os.PathLike, rows: Iterable[np.ndarray]) -> FileZoo:
 def filled_by_columns(path: str | os.PathLike, num_models: int, dim: int) -> Iterator[FileZoo]:
     """A zero-filled zoo file to fill with `write_columns`, renamed to `path` only when the block ends cleanly."""
     path = pathlib.Path(path)
-    partial_path = path.with_name(path.name + ".partial")
-    yield FileZoo.create(partial_path, num_models, dim)
-    os.replace(partial_path, path)
+    with durable.atomic_path(path) as temporary:
+        temporary.unlink()
+        yield FileZoo.create(temporary, num_models, dim)
 
 
 def groups(store: ZooStore, size: int) -> Iterator[np.ndarray]:

@@ -13,6 +13,7 @@ import ml_collections
 
 from dwf_jax import pipeline
 from dwf_jax.data import load_configured
+from dwf_jax.session import copy_stages
 from dwf_jax.workdir import Workdir
 from experiments import common
 
@@ -42,7 +43,7 @@ def run_methods(
         workdir = workdir_stem.with_name(f"{workdir_stem.name}_{method}")
         if zoo_source is not None:
             dataset = load_configured(config.data)
-            pipeline.workdir_for(config, dataset, workdir).copy_stages_from(Workdir(zoo_source), ("zoo",))
+            copy_stages(Workdir(zoo_source), pipeline.workdir_for(config, dataset, workdir), ("zoo",))
         start = time.perf_counter()
         report = pipeline.run(config, workdir, progress=True)
         row = common.run_summary(report, workdir, round(time.perf_counter() - start, 1))

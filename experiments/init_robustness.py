@@ -25,6 +25,7 @@ from dwf_jax.data import load_configured  # noqa: E402
 from dwf_jax.diversity import geometry  # noqa: E402
 from dwf_jax.evaluate import summary  # noqa: E402
 from dwf_jax.models import INIT_SCHEMES, scheme_of_model  # noqa: E402
+from dwf_jax.session import copy_stages  # noqa: E402
 from dwf_jax.workdir import Workdir  # noqa: E402
 from dwf_jax.zoo_store import Flattener  # noqa: E402
 from experiments import common  # noqa: E402
@@ -72,7 +73,7 @@ def run_variant(zoo: str, variant: str, first_workdir: pathlib.Path | None) -> d
     workdir = pathlib.Path(FLAGS.workdirs) / f"init_robustness_{zoo}_{variant}"
     if first_workdir is not None:
         dataset = load_configured(config.data)
-        pipeline.workdir_for(config, dataset, workdir).copy_stages_from(Workdir(first_workdir), ("zoo",))
+        copy_stages(Workdir(first_workdir), pipeline.workdir_for(config, dataset, workdir), ("zoo",))
     report = pipeline.run(config, workdir, progress=True)
 
     original = np.asarray(Workdir(workdir).load("zoo")["test_accuracy"], dtype=np.float64)

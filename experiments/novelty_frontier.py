@@ -21,6 +21,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from dwf_jax import pipeline  # noqa: E402
 from dwf_jax.data import load_configured  # noqa: E402
+from dwf_jax.session import copy_stages  # noqa: E402
 from dwf_jax.workdir import Workdir  # noqa: E402
 from experiments import common, table17_mnist  # noqa: E402
 
@@ -52,7 +53,7 @@ def run_knob(name: str, overrides: dict, base: pathlib.Path) -> dict:
     workdir = pathlib.Path(FLAGS.workdirs) / f"novelty_frontier_{name.replace('=', '_')}"
     shared = ("zoo", "canonical") if "pca.components" in overrides else ("zoo", "canonical", "pca")
     dataset = load_configured(config.data)
-    pipeline.workdir_for(config, dataset, workdir).copy_stages_from(Workdir(base), shared)
+    copy_stages(Workdir(base), pipeline.workdir_for(config, dataset, workdir), shared)
     report = pipeline.run(config, workdir, progress=True)
     return {
         "knob": name,

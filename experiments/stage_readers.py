@@ -1,4 +1,7 @@
-"""Experiment helpers that read a finished workdir's stages, for zoos in memory and on disk alike."""
+"""Experiment helpers that read a finished workdir's stages, for zoos in memory and on disk alike.
+
+They hold the workdir as a run does (`dwf_jax.session.opened`: locked, every stage verified against this config).
+"""
 
 import pathlib
 import tempfile
@@ -6,9 +9,9 @@ import tempfile
 import ml_collections
 import numpy as np
 
-from dwf_jax import evaluate, pca, pipeline, stages
+from dwf_jax import durable, evaluate, pca, pipeline, stages
 from dwf_jax.data import load_configured
-from dwf_jax.workdir import Workdir
+from dwf_jax.session import opened
 from dwf_jax.zoo_store import Flattener, groups
 
 
@@ -16,11 +19,13 @@ def recalibrated_original_accuracy(config: ml_collections.ConfigDict, workdir: p
     """The zoo of `workdir` with its BatchNorm statistics re-estimated from the batches the generated models used."""
     dataset = load_configured(config.data)
     flattener = Flattener(stages.model_template(config, dataset))
-    zoo = stages.open_stage(config, Workdir(workdir), "zoo", config.zoo.num_models, flattener)
-    statistics = stages.recalibrate(config, dataset, zoo, flattener)
-    accuracy = stages.store_accuracy(
-        stages.evaluator(config, dataset), zoo, flattener, config.zoo.models_per_chunk, statistics
-    )
+    work = pipeline.workdir_for(config, dataset, workdir)
+    with opened([work], record=False):
+        zoo = stages.open_stage(config, work, "zoo", config.zoo.num_models, flattener)
+        statistics = stages.recalibrate(config, dataset, zoo, flattener)
+        accuracy = stages.store_accuracy(
+            stages.evaluator(config, dataset), zoo, flattener, config.zoo.models_per_chunk, statistics
+        )
     return evaluate.summary(accuracy)
 
 
@@ -38,7 +43,7 @@ def reconstructed_zoo_accuracy(config: ml_collections.ConfigDict, workdir: pathl
         canonical = stages.open_stage(config, work, "canonical", config.zoo.num_models, flattener)
         fitted = work.load("pca")
         state = stages.pca_state(config, work, fitted, flattener)
-        with tempfile.TemporaryDirectory(dir=workdir) as scratch:
+        with tempfile.TemporaryDirectory(prefix=f".rebuilt{durable.TEMPORARY_MARK}", dir=workdir) as scratch:
             rebuilt = pca.inverse_transform_to_file(
                 state, fitted["coefficients"], pathlib.Path(scratch) / "rebuilt.f32", stages.block_size(config)
             )
@@ -53,7 +58,8 @@ def reconstructed_zoo_accuracy(config: ml_collections.ConfigDict, workdir: pathl
         error, norm = np.sum(squared, axis=0)
         return {"accuracy": accuracy, "relative_error": np.sqrt(error / norm)}
 
-    result = work.run("reconstructed_zoo", compute)
+    with opened([work], record=False):
+        result = work.run("reconstructed_zoo", compute)
     return {
         "accuracy_bn_recalibrated": evaluate.summary(result["accuracy"]),
         "relative_error": float(result["relative_error"]),

@@ -23,6 +23,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs import mnist_mlp  # noqa: E402
 from dwf_jax import pipeline  # noqa: E402
 from dwf_jax.data import load_configured  # noqa: E402
+from dwf_jax.session import copy_stages  # noqa: E402
 from dwf_jax.workdir import Workdir  # noqa: E402
 from experiments import common  # noqa: E402
 
@@ -61,7 +62,7 @@ def run_one(hidden: int, source: str, variant: str) -> dict:
     workdir, twin = workdir_of(hidden, source, variant), workdir_of(hidden, "gaussian", variant)
     if source != "gaussian" and (twin / "canonical").exists():
         dataset = load_configured(config.data)
-        pipeline.workdir_for(config, dataset, workdir).copy_stages_from(Workdir(twin), ("zoo", "canonical"))
+        copy_stages(Workdir(twin), pipeline.workdir_for(config, dataset, workdir), ("zoo", "canonical"))
     start = time.perf_counter()
     report = pipeline.run(config, workdir, progress=True)
     return common.run_summary(report, workdir, round(time.perf_counter() - start, 1))

@@ -23,6 +23,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs import mnist_mlp  # noqa: E402
 from dwf_jax import diversity, pipeline  # noqa: E402
 from dwf_jax.data import load_configured  # noqa: E402
+from dwf_jax.session import copy_stages  # noqa: E402
 from dwf_jax.workdir import Workdir  # noqa: E402
 from experiments import common  # noqa: E402
 
@@ -64,7 +65,7 @@ def run_variant(variant: str, method: str, first_workdir: pathlib.Path | None) -
     workdir = pathlib.Path(FLAGS.workdirs) / f"table17_mnist_{variant}_{FLAGS.space.replace(':', '')}"
     if first_workdir is not None:
         dataset = load_configured(config.data)
-        pipeline.workdir_for(config, dataset, workdir).copy_stages_from(Workdir(first_workdir), ("zoo",))
+        copy_stages(Workdir(first_workdir), pipeline.workdir_for(config, dataset, workdir), ("zoo",))
     result = pipeline.run(config, workdir, progress=True)
     shutil.copyfile(Workdir(workdir).diversity_figure, common.RESULTS / f"table17_mnist_{variant}.png")
     return {"variant": variant, "workdir": str(workdir), "report": without_per_model(result)}

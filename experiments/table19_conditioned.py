@@ -23,6 +23,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs import mnist_mlp  # noqa: E402
 from dwf_jax import conditioned, pipeline  # noqa: E402
 from dwf_jax.data import load_configured  # noqa: E402
+from dwf_jax.session import copy_stages  # noqa: E402
 from dwf_jax.workdir import Workdir  # noqa: E402
 from experiments import common  # noqa: E402
 
@@ -56,7 +57,7 @@ def run_rows() -> dict:
         mnist = configs[0]
         dataset = load_configured(mnist.data)
         target = pipeline.workdir_for(mnist, dataset, workdir / "mnist")
-        target.copy_stages_from(Workdir(finished_zoo), ("zoo", "canonical"))
+        copy_stages(Workdir(finished_zoo), target, ("zoo", "canonical"))
     start = time.perf_counter()
     result = conditioned.run(configs, workdir, progress=True)
     result["workdir"] = str(workdir)

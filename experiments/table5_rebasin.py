@@ -26,6 +26,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs import fashion_mnist_mlp, iris_mlp, mnist_mlp  # noqa: E402
 from dwf_jax import pipeline  # noqa: E402
 from dwf_jax.data import load_configured  # noqa: E402
+from dwf_jax.session import copy_stages  # noqa: E402
 from dwf_jax.workdir import Workdir  # noqa: E402
 from experiments import common  # noqa: E402
 
@@ -82,7 +83,7 @@ def run_one(name: str, hidden: int, space: str, variant: str, zoo_source: pathli
     workdir = workdir_of(name, hidden, space, variant)
     if zoo_source is not None:
         dataset = load_configured(config.data)
-        pipeline.workdir_for(config, dataset, workdir).copy_stages_from(Workdir(zoo_source), ("zoo",))
+        copy_stages(Workdir(zoo_source), pipeline.workdir_for(config, dataset, workdir), ("zoo",))
     start = time.perf_counter()
     report = pipeline.run(config, workdir, progress=True)
     return common.run_summary(report, workdir, round(time.perf_counter() - start, 1))

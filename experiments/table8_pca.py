@@ -23,6 +23,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs import fashion_mnist_mlp, mnist_mlp  # noqa: E402
 from dwf_jax import pipeline  # noqa: E402
 from dwf_jax.data import load_configured  # noqa: E402
+from dwf_jax.session import copy_stages  # noqa: E402
 from dwf_jax.workdir import Workdir  # noqa: E402
 from experiments import common  # noqa: E402
 
@@ -47,7 +48,7 @@ def run_space(name: str, space: str) -> dict:
     workdir = pathlib.Path(FLAGS.workdirs) / f"table8_{name}_{method}{components}"
     dataset = load_configured(config.data)
     target = pipeline.workdir_for(config, dataset, workdir)
-    target.copy_stages_from(Workdir(pathlib.Path(FLAGS.workdirs) / f"table4_{name}"), SHARED_STAGES)
+    copy_stages(Workdir(pathlib.Path(FLAGS.workdirs) / f"table4_{name}"), target, SHARED_STAGES)
     start = time.perf_counter()
     result = pipeline.run(config, workdir, progress=True)
     result["wall_seconds_this_invocation"] = round(time.perf_counter() - start, 1)

@@ -24,6 +24,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs import resnet20  # noqa: E402
 from dwf_jax import pipeline, stages  # noqa: E402
 from dwf_jax.data import load_configured  # noqa: E402
+from dwf_jax.session import copy_stages  # noqa: E402
 from dwf_jax.settings import differences  # noqa: E402
 from dwf_jax.workdir import Workdir, WorkdirConfigMismatch  # noqa: E402
 from dwf_jax.zoo_store import Flattener  # noqa: E402
@@ -112,14 +113,14 @@ def run_space(base: pathlib.Path, space: str, iterations: int) -> dict:
     workdir = base.with_name(f"{base.name}_{space.replace(':', '')}_{iterations}")
     config = space_config(space, iterations)
     dataset = load_configured(config.data)
-    pipeline.workdir_for(config, dataset, workdir).copy_stages_from(Workdir(base), SHARED_STAGES)
+    copy_stages(Workdir(base), pipeline.workdir_for(config, dataset, workdir), SHARED_STAGES)
     start = time.perf_counter()
     result = pipeline.run(config, workdir, progress=True)
     result["wall_seconds_this_invocation"] = round(time.perf_counter() - start, 1)
     result["zoo_epochs"] = config.zoo.epochs
     if space != "none":
         result["reconstructed_zoo"] = stage_readers.reconstructed_zoo_accuracy(config, workdir)
-    pipeline.workdir_for(config, dataset, base).copy_stages_from(Workdir(workdir), SHARED_STAGES)
+    copy_stages(Workdir(workdir), pipeline.workdir_for(config, dataset, base), SHARED_STAGES)
     return result
 
 

@@ -15,16 +15,15 @@ from dwf_jax import checkpoints, flow, permutations, pipeline
 from dwf_jax.checkpoints import CheckpointError, NotEnoughSpace
 from dwf_jax.data import CIFAR10_TAR, DatasetNotFoundError, load_dataset
 from dwf_jax.models import MLP, model_config
+from dwf_jax.session import WorkdirBusy, WorkdirNotWritable, copy_stages, locked
 from dwf_jax.workdir import (
     FORMAT,
     StageDamaged,
     Workdir,
-    WorkdirBusy,
     WorkdirConfigMismatch,
     WorkdirFormatMismatch,
-    WorkdirNotWritable,
-    locked,
 )
+from dwf_jax.zoo import ZooDiverged
 from dwf_jax.zoo_store import NonFiniteWeights
 
 ROOT = pathlib.Path(__file__).parents[1]
@@ -140,7 +139,7 @@ def test_bad_permutations(perm, message):
 def test_zoo_with_nan_weights(tmp_path):
     config = tiny_config()
     config.zoo.learning_rate = 1e38
-    with pytest.raises(NonFiniteWeights, match="zoo training: .* models have NaN/Inf weights"):
+    with pytest.raises(ZooDiverged, match="zoo training diverged in epoch 1: 4 of 4 .* not finite .model 0: nan"):
         pipeline.run(config, tmp_path / "work", progress=False)
     assert not (tmp_path / "work" / "zoo").exists()
 
@@ -233,7 +232,7 @@ def test_copied_stages_need_the_same_zoo_settings_and_never_land_half(workdir, t
     other = tiny_config()
     other.zoo.epochs = 11
     with pytest.raises(WorkdirConfigMismatch, match="zoo.epochs: 10 -> 11"):
-        pipeline.workdir_for(other, iris, tmp_path / "copy").copy_stages_from(Workdir(workdir), ("zoo", "canonical"))
+        copy_stages(Workdir(workdir), pipeline.workdir_for(other, iris, tmp_path / "copy"), ("zoo", "canonical"))
     target = pipeline.workdir_for(tiny_config(), iris, tmp_path / "copy")
     assert not target.done("zoo")
 
@@ -248,8 +247,8 @@ def test_copied_stages_need_the_same_zoo_settings_and_never_land_half(workdir, t
     with monkeypatch.context() as patch:
         patch.setattr(shutil, "copyfile", interrupted)
         with pytest.raises(OSError, match="disk gone"):
-            target.copy_stages_from(Workdir(workdir), ("zoo", "canonical"))
+            copy_stages(Workdir(workdir), target, ("zoo", "canonical"))
     assert not target.done("zoo")
-    target.copy_stages_from(Workdir(workdir), ("zoo", "canonical"))
+    copy_stages(Workdir(workdir), target, ("zoo", "canonical"))
     assert snapshot(target.path / "zoo") == snapshot(workdir / "zoo")
     assert (target.path / "zoo.f32").read_bytes() == (workdir / "zoo.f32").read_bytes()

@@ -98,14 +98,6 @@ def test_damaged_newest_flow_checkpoint_resumes_from_the_one_before(workdir, cap
     jax.tree.map(np.testing.assert_array_equal, restore_tree(workdir / "flow"), flow_before)
 
 
-def test_leftovers_of_interrupted_writes_are_removed(workdir):
-    stale = [workdir / ".report.json.abcd.tmp", workdir / "flow_checkpoints" / "90.partial"]
-    stale[0].write_text("{")
-    stale[1].mkdir()
-    pipeline.run(tiny_config(), workdir, progress=False)
-    assert not any(path.exists() for path in stale)
-
-
 def test_figure_and_report_are_written_whole_or_not_at_all(workdir, monkeypatch):
     figure, report_json = (workdir / "accuracy.png").read_bytes(), (workdir / REPORT_FILE).read_bytes()
 
@@ -118,7 +110,7 @@ def test_figure_and_report_are_written_whole_or_not_at_all(workdir, monkeypatch)
         pipeline.run(tiny_config(), workdir, progress=False)
     assert (workdir / "accuracy.png").read_bytes() == figure
     assert (workdir / REPORT_FILE).read_bytes() == report_json
-    assert not list(workdir.glob(".*.tmp"))
+    assert not list(workdir.glob(".*.dwf-tmp-*"))
 
 
 def test_the_first_stage_written_marks_the_workdir_format(tmp_path):

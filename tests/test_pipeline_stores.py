@@ -45,7 +45,7 @@ def test_streamed_transforms_match_in_memory(tmp_path):
     np.testing.assert_allclose(coefficients, pca.transform(state, zoo), atol=1e-5)
     written = pca.inverse_transform_to_file(state, coefficients[:4], tmp_path / "generated.f32", micro_batch=128)
     np.testing.assert_allclose(written.rows(0, 4), pca.inverse_transform(state, coefficients[:4]), atol=1e-5)
-    assert (written.num_models, written.dim) == (4, 1000) and not (tmp_path / "generated.f32.partial").exists()
+    assert (written.num_models, written.dim) == (4, 1000) and not list(tmp_path.glob(".generated.f32.dwf-tmp-*"))
 
 
 @pytest.mark.parametrize("solver", ["eigh", "randomized"])
@@ -166,7 +166,7 @@ def test_every_stage_saves_the_same_contents_in_both_modes(runs):
         if stage in MATRIX_FILES:
             files = [(workdirs[mode] / MATRIX_FILES[stage]).read_bytes() for mode in (False, True)]
             assert files[0] == files[1] and files[0], stage
-    assert not any(workdirs[True].glob("*.partial")) and not (workdirs[True] / "zoo_chunks").exists()
+    assert not any(workdirs[True].glob("*.dwf-partial")) and not (workdirs[True] / "zoo_chunks").exists()
 
 
 def test_rerun_of_a_finished_workdir_loads_every_stage(runs):

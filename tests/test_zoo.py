@@ -133,5 +133,5 @@ def test_training_stopped_by_ctrl_c_seals_its_last_save(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         _train_two_iris_models(saves, epochs=5)
     assert epochs_seen == [1, 2] and saves.steps() == [1, 2]
-    assert not list((tmp_path / "chunk").glob("*.partial"))
+    assert not list((tmp_path / "chunk").glob("*.dwf-partial"))
     assert checkpoints.verify(tmp_path / "chunk" / "2")
