@@ -7,7 +7,7 @@
    is refused, and so is a link where the run would write or delete;
 2. the lock is taken (a new file, never through a link), and only then are the
    finished stages verified, so a stage another run sealed meanwhile is checked
-   like any other;
+   like any other; a run that passes writes its PID into the lock;
 3. leftovers of interrupted writes are removed: only names dwf_jax makes
    (`*.dwf-partial`, orbax's temporary folders of those, `.*.dwf-tmp-*`);
 4. the workdir's format (and the run's config) are recorded.
@@ -109,8 +109,8 @@ def refuse_links(work: Workdir) -> None:
 
 
 @contextlib.contextmanager
-def locked(workdir: pathlib.Path) -> Iterator[None]:
-    """Hold an exclusive lock on the workdir for the whole run.
+def locked(workdir: pathlib.Path) -> Iterator[int]:
+    """Hold an exclusive lock on the workdir for the whole run (yields the lock file's descriptor).
 
     flock is released by the kernel when the process dies, even by SIGKILL, so a
     killed run never leaves a stale lock behind. The lock file is opened without
@@ -137,12 +137,16 @@ def locked(workdir: pathlib.Path) -> Iterator[None]:
                 f"workdir {workdir} is in use by another run (pid {holder or 'unknown'}); "
                 "wait for it to finish or use another --workdir"
             ) from None
-        os.ftruncate(descriptor, 0)
-        os.lseek(descriptor, 0, os.SEEK_SET)
-        durable.write_all(descriptor, str(os.getpid()).encode(), lock)
-        yield
+        yield descriptor
     finally:
         os.close(descriptor)
+
+
+def _announce(descriptor: int, lock: pathlib.Path) -> None:
+    """Write this process's PID into the held lock file, for the message another run gets."""
+    os.ftruncate(descriptor, 0)
+    os.lseek(descriptor, 0, os.SEEK_SET)
+    durable.write_all(descriptor, str(os.getpid()).encode(), lock)
 
 
 def remove_leftovers(work: Workdir) -> None:
@@ -170,11 +174,12 @@ def opened(
         refuse_foreign(work)
         refuse_links(work)
     with contextlib.ExitStack() as stack:
-        for work in works:
-            stack.enter_context(locked(work.path))
+        locks = [stack.enter_context(locked(work.path)) for work in works]
         for work in works:
             refuse_links(work)
             work.check()
+        for work, descriptor in zip(works, locks, strict=True):
+            _announce(descriptor, work.path / LOCK_FILE)
         for index, work in enumerate(works):
             remove_leftovers(work)
             config = configs[index] if index < len(configs) else None

@@ -37,6 +37,9 @@ from dwf_jax.models import model_config
 def get_config():
     return model_config("perceptron")
 """
+DIVIDES = "def get_config():\n    scale = 0\n    return 1 / scale\n"
+KEY_ERROR = "def get_config():\n    epochs = {'epochs': 3}\n    return epochs['epochz']\n"
+MULTI_LINE = "def get_config():\n    raise RuntimeError('first line\\nsecond line')\n"
 IRIS = "--config=configs/iris_mlp.py"
 
 # id: (config file text or None, arguments ({config} is that file, {tmp} its folder), what the line names)
@@ -50,6 +53,16 @@ CASES = {
     "get_config returns a dict": ("def get_config():\n    return {}\n", ["--config={config}"], ["returned a dict"]),
     "get_config raises": (RAISES, ["--config={config}"], ["py, line 5", "unknown model 'perceptron'"]),
     "missing keys": (MISSING_KEYS, ["--config={config}"], ["missing keys ['flow', 'model.features', 'zoo.epochs']"]),
+    # Any exception the config file raises is one line naming the file, the line and the exception.
+    "get_config divides by zero": (DIVIDES, ["--config={config}"], ["py, line 3: ZeroDivisionError: division by zero"]),
+    "import error in the file": ("import no_such_module\n", ["--config={config}"], ["py, line 1: ModuleNotFoundError"]),
+    "KeyError in the file": (KEY_ERROR, ["--config={config}"], ["py, line 3: KeyError: 'epochz'"]),
+    "multi-line message": (MULTI_LINE, ["--config={config}"], ["py, line 2: RuntimeError: first line; second line"]),
+    "multi-line ValueError": (
+        MULTI_LINE.replace("RuntimeError", "ValueError"),
+        ["--config={config}"],
+        ["first line; second"],
+    ),
     "not an integer": (None, [IRIS, "--config.zoo.num_models=abc"], ["--config.zoo.num_models=abc", "int()"]),
     "unknown flag": (None, [IRIS, "--bogus=1"], ["unknown flag --bogus"]),
     "unknown config key": (None, [IRIS, "--config.zoo.bogus=1"], ["unknown config key 'bogus'"]),

@@ -96,7 +96,7 @@ BAD_VALUES = [
     ({"bn.num_batches": 0}, "bn.num_batches and bn.batch_size must be >= 1"),
     ({"bn.batch_size": 0}, "bn.num_batches and bn.batch_size must be >= 1"),
     ({"eval.batch_size": 0}, "eval.batch_size=0 must be >= 1"),
-    ({"baselines.noise_stds": (0.1, -0.01)}, "baselines.noise_stds=(0.1, -0.01) must be >= 0"),
+    ({"baselines.noise_stds": (0.1, -0.01)}, "baselines.noise_stds=(0.1, -0.01) must each be in [0, 100.0]"),
     ({"baselines.mixtures": -1}, "baselines.mixtures=-1 must be >= 0"),
     ({"baselines.mix": 1}, "baselines.mix=1 must be in [2, zoo.num_models = 100]"),
     ({"baselines.mix": 101}, "baselines.mix=101 must be in [2, zoo.num_models = 100]"),

@@ -42,6 +42,7 @@ def test_no_module_imports_one_of_its_callers():
 
 def test_storage_and_permutations_stand_alone():
     graph = import_graph()
-    assert graph["dwf_jax.zoo_store"] == set()
+    assert graph["dwf_jax.durable"] == set()
+    assert graph["dwf_jax.zoo_store"] == {"dwf_jax.durable"}
     assert graph["dwf_jax.permutations"] == set()
     assert graph["dwf_jax.pca"] == {"dwf_jax.zoo_store"}

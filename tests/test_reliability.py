@@ -5,12 +5,15 @@ the sha256 of every file outside dwf_jax's own names, inside the workdir and
 beside it, before and after.
 """
 
+import concurrent.futures
 import contextlib
 import errno
 import math
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -185,11 +188,11 @@ def test_finished_stages_are_verified_under_the_lock(workdir, monkeypatch):
 
     @contextlib.contextmanager
     def changed_while_waiting(path):
-        with locked(path):
+        with locked(path) as descriptor:
             raw = bytearray((path / "generated.f32").read_bytes())
             raw[8] ^= 0xFF
             (path / "generated.f32").write_bytes(bytes(raw))
-            yield
+            yield descriptor
 
     monkeypatch.setattr(session, "locked", changed_while_waiting)
     with pytest.raises(StageDamaged, match="stage samples is damaged: .*generated.f32 does not match"):
@@ -301,3 +304,82 @@ def test_manifests_of_sha256_still_verify_and_still_catch_damage(tmp_path):
     victim.write_bytes(victim.read_bytes()[:-1] + b"\x00")
     with pytest.raises(CheckpointError, match="does not match the checksum"):
         checkpoints.verify(tmp_path / "stage")
+
+
+ROOT = pathlib.Path(__file__).parents[1]
+IRIS = f"--config={ROOT / 'configs' / 'iris_mlp.py'}"
+DISK_FULL_AT_START = (
+    "import errno, os, sys\n"
+    "from dwf_jax import cli, durable\n"
+    "def full(descriptor, data):\n"
+    "    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
+    "durable._write = full\n"
+    "sys.argv = ['dwf_jax', *sys.argv[1:]]\n"
+    "cli.run()\n"
+)
+
+
+def _workdir_with(tmp: pathlib.Path, link: str, target: pathlib.Path) -> list[str]:
+    """A dwf_jax workdir (format only) with `link` pointing at `target`."""
+    (tmp / "work").mkdir()
+    checkpoints.save_json(tmp / "work" / "workdir_format.json", {"workdir_format": FORMAT})
+    (tmp / "work" / link).symlink_to(target)
+    return [IRIS, f"--workdir={tmp / 'work'}"]
+
+
+# id: (prepare(tmp) -> argv after the interpreter, what the one line says); each run's cwd is its tmp folder.
+CLI_CASES = {
+    "foreign folder": (
+        lambda tmp: [IRIS, f"--workdir={tmp / 'home'}"] if plant(tmp / "home", USER_FILES) else [],
+        "is not empty (.notes.tmp, paper.tex, results.orbax-checkpoint-tmp-1, ...) and is not a dwf_jax workdir",
+    ),
+    "lock link": (
+        lambda tmp: _workdir_with(tmp, ".lock", tmp / "outside" / "precious.txt"),
+        ".lock is a symbolic link",
+    ),
+    "checkpoints link": (
+        lambda tmp: _workdir_with(tmp, "flow_checkpoints", tmp / "outside"),
+        "flow_checkpoints is a symbolic link",
+    ),
+    "dangling stage link": (lambda tmp: _workdir_with(tmp, "samples", tmp / "nowhere"), "samples is a symbolic link"),
+    "config named ...py": (
+        lambda tmp: [f"--config={shutil.copyfile(ROOT / 'configs' / 'iris_mlp.py', tmp / '...py')}"],
+        "gives no folder name for the default workdir; pass --workdir",
+    ),
+    "seed of 64 bits": (
+        lambda tmp: [IRIS, "--config.seed=9223372036854775808", f"--workdir={tmp / 'work'}"],
+        "seed=9223372036854775808 must be in [0, 2**32)",
+    ),
+    "disk full at the start": (
+        lambda tmp: ["-c", DISK_FULL_AT_START, IRIS, f"--workdir={tmp / 'work'}"],
+        "disk full: ",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory):
+    """Every case started in the background, one per CPU: {case: (run, tmp, snapshot of tmp before)}."""
+    runs = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        for name, (prepare, _) in CLI_CASES.items():
+            tmp = tmp_path_factory.mktemp("cli")
+            outside_target(tmp)
+            argv = prepare(tmp)
+            argv = [sys.executable, *(argv if argv[0] == "-c" else ["-m", "dwf_jax.main", *argv])]
+            before = snapshot(tmp)
+            run = pool.submit(subprocess.run, argv, cwd=tmp, capture_output=True, text=True, timeout=300)
+            runs[name] = run, tmp, before
+        yield runs
+
+
+@pytest.mark.parametrize("case", CLI_CASES)
+def test_the_command_line_refuses_in_one_line_and_changes_nothing_of_the_users(cli_runs, case):
+    run, tmp, before = cli_runs[case]
+    result = run.result()
+    lines = [line for line in result.stderr.splitlines() if line.startswith("dwf_jax")]
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert len(lines) == 1 and CLI_CASES[case][1] in lines[0], result.stderr
+    after = snapshot(tmp)
+    assert {name: after.get(name) for name in before} == before  # nothing that was there changed
+    assert not any(name.endswith(("config.json", ".dwf-partial")) for name in after.keys() - before.keys())
