@@ -72,7 +72,7 @@ def train_flow_stage(
     train_key = jax.random.fold_in(root, 1)
     bar = tqdm(total=f.iterations, initial=int(state.step), desc="flow", unit="step", disable=not progress)
     start, start_step = time.perf_counter(), int(state.step)
-    with saves:  # an interrupted run finishes its last save
+    with bar, saves:  # an error ends the bar's line first; an interrupted run finishes its last save
         while int(state.step) < f.iterations:
             step = int(state.step)
             num_steps = min(f.steps_per_dispatch, f.iterations - step, f.checkpoint_every - step % f.checkpoint_every)
@@ -88,7 +88,6 @@ def train_flow_stage(
                 saves.save(int(state.step), {"state": state, "losses": losses})
             bar.update(num_steps)
             bar.set_postfix(loss=f"{float(jnp.mean(chunk_losses)):.3e}")
-    bar.close()
     steps_run = f.iterations - start_step
     logging.info(
         "flow: %d steps in this run, %.2f ms/step", steps_run, 1e3 * (time.perf_counter() - start) / max(1, steps_run)
@@ -134,8 +133,8 @@ def sample_stage(
             on_step=(lambda _: bar.update(1)) if progress else None,
         )
     )
-    samples = np.asarray(sample(key))
-    bar.close()
+    with bar:
+        samples = np.asarray(sample(key))
     logging.info(
         "sampling: %d models, %d flow evaluations, %.2f s (incl. compile)",
         s.num_samples,

@@ -13,13 +13,15 @@ import hashlib
 import io
 import logging
 import os
+import pathlib
 import tarfile
-import tempfile
 import zipfile
 import zlib
 
 import numpy as np
 from PIL import Image
+
+from dwf_jax import durable
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SPLITS = ("train", "test")
@@ -132,16 +134,9 @@ def _read_cache(cached: str) -> Splits | None:
 
 
 def _write_cache(cached: str, splits: Splits) -> None:
-    """Write to a temporary file and rename, so readers never see a half-written cache."""
-    directory = os.path.dirname(cached)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            arrays = {f"{split}_images": images for split, (images, _) in splits.items()}
-            arrays.update({f"{split}_labels": labels for split, (_, labels) in splits.items()})
-            np.savez(f, **arrays)
-        os.replace(tmp, cached)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Write under a temporary name and rename, so readers never see a half-written cache."""
+    os.makedirs(os.path.dirname(cached), exist_ok=True)
+    arrays = {f"{split}_images": images for split, (images, _) in splits.items()}
+    arrays.update({f"{split}_labels": labels for split, (_, labels) in splits.items()})
+    with durable.atomic_path(pathlib.Path(cached)) as temporary, open(temporary, "wb") as file:
+        np.savez(file, **arrays)

@@ -191,7 +191,8 @@ def train_models(
         disable=not progress,
         unit="step",
     )
-    with saves if saves is not None else contextlib.nullcontext():  # an interrupted run finishes its save
+    # An error ends the bar's line before its message; an interrupted run finishes its save.
+    with bar, saves if saves is not None else contextlib.nullcontext():
         for epoch in range(start, epochs):
             plans = [plan(data_keys[group], epoch) for group in groups]
             if scan_steps:
@@ -218,7 +219,6 @@ def train_models(
                 saves.save(epoch + 1, state)
             if progress:
                 bar.set_postfix(epoch=epoch + 1, loss=f"{float(jnp.mean(state['losses'])):.4f}")
-    bar.close()
     return state["variables"], np.asarray(state["losses"])
 
 

@@ -32,7 +32,10 @@ def test_cache_written_reused_and_invalidated(tmp_path, monkeypatch):
     first = image_folder.load_image_folder_tar(path, cache_dir)
     cached = image_folder.cache_path(path, cache_dir)
     assert os.path.isfile(cached) and os.path.dirname(cached) == str(cache_dir)
-    assert not [f for f in os.listdir(cache_dir) if f.endswith(".tmp")]
+    assert not [f for f in os.listdir(cache_dir) if "dwf-tmp" in f]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert os.stat(cached).st_mode & 0o777 == 0o666 & ~umask, "the cache follows the umask"
 
     def fail(path):
         raise AssertionError("decoded again instead of using the cache")

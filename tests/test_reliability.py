@@ -138,6 +138,14 @@ def test_a_full_disk_leaves_no_short_zoo_file(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_full_disk_under_a_sparse_zoo_file_is_one_error(tmp_path, monkeypatch):
+    """Filling a sparse file allocates pages: the disk can fill there too, outside any temporary name."""
+    zoo = zoo_store.FileZoo.create(tmp_path / "zoo.f32", num_models=4, dim=1000)
+    monkeypatch.setattr(durable, "_write", FillingDisk(room=6_000))
+    with pytest.raises(NotEnoughSpace, match=r"disk full: .*zoo.f32 could not be written \(No space left on device\)"):
+        zoo.write_columns(0, np.ones((4, 1000), np.float32))
+
+
 def test_short_writes_are_continued(tmp_path, monkeypatch):
     rows = np.random.default_rng(0).normal(size=(7, 131)).astype(np.float32)
     monkeypatch.setattr(durable, "_write", FillingDisk(room=1 << 40, chunk=100))
@@ -319,6 +327,9 @@ DISK_FULL_AT_START = (
 )
 
 
+DIVERGING_ZOO = ("--config.zoo.learning_rate=1e9", "--config.zoo.num_models=4", "--config.zoo.epochs=2")
+
+
 def _workdir_with(tmp: pathlib.Path, link: str, target: pathlib.Path) -> list[str]:
     """A dwf_jax workdir (format only) with `link` pointing at `target`."""
     (tmp / "work").mkdir()
@@ -354,7 +365,12 @@ CLI_CASES = {
         lambda tmp: ["-c", DISK_FULL_AT_START, IRIS, f"--workdir={tmp / 'work'}"],
         "disk full: ",
     ),
+    "diverging zoo": (
+        lambda tmp: [IRIS, f"--workdir={tmp / 'work'}", *DIVERGING_ZOO],
+        "zoo training diverged in epoch 1: 4 of 4 models",
+    ),
 }
+RUNS_AFTER_CHECKS = {"diverging zoo"}  # gets as far as training, so its workdir records its config
 
 
 @pytest.fixture(scope="module")
@@ -382,4 +398,6 @@ def test_the_command_line_refuses_in_one_line_and_changes_nothing_of_the_users(c
     assert len(lines) == 1 and CLI_CASES[case][1] in lines[0], result.stderr
     after = snapshot(tmp)
     assert {name: after.get(name) for name in before} == before  # nothing that was there changed
-    assert not any(name.endswith(("config.json", ".dwf-partial")) for name in after.keys() - before.keys())
+    made = after.keys() - before.keys()
+    assert not any(name.endswith(".dwf-partial") for name in made)
+    assert case in RUNS_AFTER_CHECKS or not any(name.endswith("config.json") for name in made)
