@@ -106,9 +106,10 @@ def save_tree(
     """Write `tree` to the folder `path` with a manifest of checksums (also of the files `beside`) and `settings`.
 
     A crash at any moment leaves no folder at `path`, only a `.dwf-partial` one that the next save replaces.
+    Leaves are saved as host arrays: a stage written on 8 devices restores on one (orbax records shardings).
     """
     with _ctrl_c_after():  # orbax's writer threads would wait forever for a save left half done
-        checkpointer = _start_save(path, tree)
+        checkpointer = _start_save(path, jax.tree.map(np.asarray, tree))
         _finish(checkpointer, path)
         _seal(path, beside, settings)
 

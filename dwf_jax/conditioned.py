@@ -24,6 +24,7 @@ from dwf_jax.flow_stage import flow_source, sample_stage, train_flow_stage
 from dwf_jax.pipeline import canonical_zoo, workdir_for
 from dwf_jax.session import link_error, opened
 from dwf_jax.settings import stage_settings
+from dwf_jax.sharding import split_models
 from dwf_jax.workdir import Workdir
 from dwf_jax.zoo_store import Flattener, check_finite
 
@@ -91,7 +92,7 @@ def run(configs: Sequence[ml_collections.ConfigDict], workdir: pathlib.Path, pro
     for zoo_work in zoo_works:
         if zoo_work.path.is_symlink():
             raise link_error(zoo_work.path)
-    with opened([work, *zoo_works], [None, *configs]):
+    with opened([work, *zoo_works], [None, *configs]), split_models(config.num_devices):
         templates = [stages.model_template(c, dataset) for c, dataset in zip(configs, datasets, strict=True)]
         zoos = []
         for c, dataset, zoo_work, template in zip(configs, datasets, zoo_works, templates, strict=True):

@@ -9,6 +9,7 @@ import json
 import math
 from typing import Any
 
+import jax
 import ml_collections
 from ml_collections import config_dict
 
@@ -43,6 +44,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.seed = 0
     # Models vmapped together inside each jitted program (0 = all); lax.map walks the rest.
     config.models_per_vmap = 0
+    # Devices the model axis is split over (0 = every device of every process); never changes a stage's settings.
+    config.num_devices = 0
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "iris"
@@ -202,6 +205,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         f"seed={config.seed} must be in [0, 2**32): jax keys take 32 bits, so larger seeds repeat smaller ones",
     )
     _check(config.models_per_vmap >= 0, f"models_per_vmap={config.models_per_vmap} must be >= 0 (0 = all)")
+    _check(
+        0 <= config.num_devices <= jax.device_count(),
+        f"num_devices={config.num_devices} must be in [0, {jax.device_count()}] (the devices visible; 0 = all)",
+    )
     _check(
         2 <= z.num_models < MAX_MODELS,
         f"zoo.num_models={z.num_models}: a zoo needs at least 2 models (and fewer than 2**31)",

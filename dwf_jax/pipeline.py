@@ -26,6 +26,7 @@ from dwf_jax.flow_stage import flow_source, sample_stage, train_flow_stage
 from dwf_jax.pca import inverse_transform_to_file
 from dwf_jax.session import opened
 from dwf_jax.settings import stage_settings
+from dwf_jax.sharding import split_models
 from dwf_jax.workdir import Workdir
 from dwf_jax.zoo_store import Flattener, ZooStore, check_finite, write_rows
 
@@ -56,7 +57,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, progress: bool
     dataset = load_configured(config.data)
     stages.steps_per_epoch(config, dataset)
     work = workdir_for(config, dataset, workdir)
-    with opened([work], [config]):
+    with opened([work], [config]), split_models(config.num_devices):
         try:
             return run_stages(config, dataset, work, progress)
         except KeyboardInterrupt:

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from dwf_jax.augment import InputPipeline
 from dwf_jax.checkpoints import TrainingCheckpoints
 from dwf_jax.keys import model_keys
+from dwf_jax.sharding import over_models, to_host
 
 PyTree = Any
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -159,20 +160,25 @@ def train_models(
     init_keys, data_keys = model_keys(seed, model_indices)
     sample = inputs.eval(jnp.asarray(x_train[:1]))
     init = init or (lambda key, index, sample: model.init({"params": key, "dropout": key}, sample, train=False))
-    variables = jax.jit(jax.vmap(init, in_axes=(0, 0, None)))(init_keys, jnp.asarray(model_indices), sample)
-    opt_state = jax.jit(jax.vmap(lambda v: tx.init(v["params"])))(variables)
+    variables = jax.jit(over_models(jax.vmap(init, in_axes=(0, 0, None)), num_sharded=2))(
+        init_keys, jnp.asarray(model_indices), sample
+    )
+    opt_state = jax.jit(over_models(jax.vmap(lambda v: tx.init(v["params"]))))(variables)
     step = make_train_step(model, tx, inputs, regression)
     plan = jax.jit(
         jax.vmap(lambda key, epoch: epoch_plan(key, epoch, len(x_train), batch_size, drop_last), in_axes=(0, None))
     )
     run_epoch = jax.jit(
-        jax.vmap(
-            lambda carry, batches, x, y: jax.lax.scan(lambda c, b: step(c, b, x, y), carry, batches),
-            in_axes=(0, 0, None, None),
+        over_models(
+            jax.vmap(
+                lambda carry, batches, x, y: jax.lax.scan(lambda c, b: step(c, b, x, y), carry, batches),
+                in_axes=(0, 0, None, None),
+            ),
+            num_sharded=2,
         ),
         donate_argnums=0,
     )
-    run_step = jax.jit(jax.vmap(step, in_axes=(0, 0, None, None)), donate_argnums=0)
+    run_step = jax.jit(over_models(jax.vmap(step, in_axes=(0, 0, None, None)), num_sharded=2), donate_argnums=0)
 
     x_train, y_train = jnp.asarray(x_train), jnp.asarray(y_train)
     state = {"variables": variables, "opt_state": opt_state, "losses": jnp.zeros(len(model_indices))}
@@ -214,12 +220,13 @@ def train_models(
                 losses = jnp.stack(steps, axis=1)
             stacked = jax.tree.map(lambda *parts: jnp.concatenate(parts), *carries)
             state = {"variables": stacked[0], "opt_state": stacked[1], "losses": jnp.mean(losses, axis=1)}
-            check_losses(np.asarray(state["losses"]), max_loss, epoch + 1, np.asarray(model_indices))
+            epoch_losses = to_host(state["losses"])
+            check_losses(epoch_losses, max_loss, epoch + 1, np.asarray(model_indices))
             if saves is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
-                saves.save(epoch + 1, state)
+                saves.save(epoch + 1, to_host(state))
             if progress:
-                bar.set_postfix(epoch=epoch + 1, loss=f"{float(jnp.mean(state['losses'])):.4f}")
-    return state["variables"], np.asarray(state["losses"])
+                bar.set_postfix(epoch=epoch + 1, loss=f"{epoch_losses.mean():.4f}")
+    return to_host(state["variables"]), to_host(state["losses"])
 
 
 def chunks(num_models: int, models_per_chunk: int) -> list[np.ndarray]:

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from dwf_jax.flow.source import Source, draw
+from dwf_jax.sharding import mesh_size, over_models, pad_models, padded_count
 
 Velocity = Callable[[jax.Array, jax.Array], jax.Array]
 _STAGES = {"rk4": 4, "euler": 1}
@@ -34,9 +35,12 @@ def integrate(
     num_function_evals(method, num_steps)
     chex.assert_rank(x0, 2)  # (models, dim)
     dt = 1.0 / num_steps
+    num_models = x0.shape[0]
+    x0 = pad_models(x0, padded_count(num_models, mesh_size()))  # under a mesh, each device integrates its rows
+    velocity_per_device = over_models(velocity, num_sharded=2)
 
     def field(x, t):
-        return velocity(x, jnp.full((x.shape[0],), t, x.dtype))
+        return velocity_per_device(x, jnp.full((x.shape[0],), t, x.dtype))
 
     def euler_step(x, t):
         return x + dt * field(x, t)
@@ -57,7 +61,7 @@ def integrate(
         return x, None
 
     x1, _ = jax.lax.scan(scan_step, x0, jnp.arange(num_steps))
-    return x1
+    return x1[:num_models]
 
 
 def sample_ensemble(

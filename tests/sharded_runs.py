@@ -1,0 +1,92 @@
+"""Runs on several devices or processes, for tests/test_sharding.py (the device count is fixed before jax starts).
+
+XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/sharded_runs.py devices ROOT
+    the tiny Iris pipeline on 1 and on 8 devices (ROOT/mlp_<n>/, ROOT/reports.json), and BatchNorm
+    recalibration and evaluation of a SmallCNN ensemble on 1 and 8 devices (ROOT/bn_<n>.npz)
+python tests/sharded_runs.py zoo OUT.npz PROCESS_ID NUM_PROCESSES PORT
+    zoos of 5 and 4 Iris MLPs, across NUM_PROCESSES processes joined by jax.distributed (1: no join)
+"""
+
+import json
+import pathlib
+import sys
+
+import jax
+import numpy as np
+from tiny_runs import tiny_config
+
+from dwf_jax import pipeline, zoo
+from dwf_jax.augment import input_pipeline
+from dwf_jax.bn_recalibration import recalibrate
+from dwf_jax.cli import use_deterministic_gpu_ops
+from dwf_jax.data import load_dataset
+from dwf_jax.evaluate import ensemble_predictions
+from dwf_jax.models import MLP, SmallCNN
+from dwf_jax.sharding import split_models, to_host
+
+jax.config.update("jax_default_matmul_precision", "highest")
+use_deterministic_gpu_ops()
+NUM_MODELS = 5  # divides neither 2 nor 8 devices: the model axis is padded
+
+
+def mlp_config():
+    config = tiny_config()
+    config.zoo.num_models = NUM_MODELS
+    config.sample.num_samples = NUM_MODELS
+    config.baselines.update(noise_stds=(0.0, 0.05), mixtures=3)
+    return config
+
+
+def batch_norm_ensemble(devices: int) -> dict[str, np.ndarray]:
+    """Recalibrated statistics and predictions of 3 SmallCNNs, one at a time per device (models_per_vmap=1)."""
+    model = SmallCNN(dropout_rate=0.0)
+    images = jax.random.normal(jax.random.key(0), (5, 32, 28, 28, 1))
+    init = jax.vmap(lambda key: model.init(key, images[0, :1], train=False))
+    variables = init(jax.random.split(jax.random.key(1), 3))
+    with split_models(devices):
+        calibrated = to_host(recalibrate(model, variables, images, models_per_vmap=1))
+        wrong, probabilities = ensemble_predictions(model, calibrated, np.asarray(images[0]), np.arange(32) % 10)
+    leaves = jax.tree.leaves(calibrated["batch_stats"])
+    return {**{f"stat_{i}": leaf for i, leaf in enumerate(leaves)}, "wrong": wrong, "probabilities": probabilities}
+
+
+def on_devices(root: pathlib.Path) -> None:
+    reports = {}
+    for devices in (1, jax.device_count()):
+        config = mlp_config()
+        config.num_devices = devices
+        reports[f"mlp_{devices}"] = pipeline.run(config, root / f"mlp_{devices}", progress=False)
+        np.savez(root / f"bn_{devices}.npz", **batch_norm_ensemble(devices))
+    (root / "reports.json").write_text(json.dumps(reports))
+
+
+def zoo_across_processes(out: pathlib.Path, process_id: int, num_processes: int, port: int) -> None:
+    if num_processes > 1:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(f"localhost:{port}", num_processes=num_processes, process_id=process_id)
+    data = load_dataset("iris")
+    arrays = {"devices": jax.device_count()}
+    for num_models in (NUM_MODELS, 4):  # padded, and split evenly (each process holds only its models)
+        with split_models():
+            variables, losses = zoo.train_models(
+                MLP((16, 3)),
+                zoo.make_optimizer("adam", 1e-2, 0.0),
+                data.x_train,
+                data.y_train,
+                seed=7,
+                model_indices=np.arange(num_models),
+                epochs=3,
+                batch_size=16,
+                inputs=input_pipeline("iris"),
+                progress=False,
+            )
+        arrays[f"losses_{num_models}"] = losses
+        arrays.update({f"leaf_{num_models}_{i}": leaf for i, leaf in enumerate(jax.tree.leaves(variables))})
+    np.savez(out, **arrays)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "devices":
+        on_devices(pathlib.Path(sys.argv[2]))
+    else:
+        zoo_across_processes(pathlib.Path(sys.argv[2]), *map(int, sys.argv[3:6]))
