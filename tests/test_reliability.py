@@ -237,6 +237,7 @@ def test_a_copied_stage_never_lands_under_results_of_another(workdir, tmp_path):
         (None, "seed", 2**32, r"seed=4294967296 must be in \[0, 2\*\*32\)"),
         (None, "seed", 2**63, r"seed=9223372036854775808 must be in \[0, 2\*\*32\)"),
         (None, "seed", -1, r"seed=-1 must be in \[0, 2\*\*32\)"),
+        (None, "num_devices", 2, r"num_devices=2 must be in \[0, 1\] \(the devices visible; 0 = all\)"),
         ("baselines", "noise_stds", (1e39,), r"baselines.noise_stds=\(1e\+39,\) must each be in \[0, 100.0\]"),
         ("zoo", "batch_size", 200, "zoo.batch_size=200 with zoo.drop_last leaves no step per epoch"),
     ],
