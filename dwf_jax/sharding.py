@@ -5,10 +5,10 @@ evaluation, BatchNorm recalibration, sampling) wraps its per-shard function with
 `over_models`. Under `jax.set_mesh(model_mesh(n))` the leading (model) axis is
 split over the mesh's `models` axis with `jax.shard_map`; a model count that the
 device count does not divide is padded with copies of the last model, which are
-dropped again. Without a mesh of more than one device the function runs as is,
-so one device computes exactly what it always did. Models never talk to each
-other, so the sharded program has no collectives: across hosts, each process
-computes only its own models.
+dropped again (which gathers the results onto every device). Without a mesh of
+more than one device the function runs as is, so one device computes exactly
+what it always did. Models never talk to each other, so the per-model work needs
+no collectives: across hosts, each process computes only its own models.
 """
 
 import contextlib

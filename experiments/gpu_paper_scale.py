@@ -69,8 +69,16 @@ def config_for(epochs: int, iterations: int, **settings: str):
     config.sample.num_samples = FLAGS.num_samples
     for key, value in [*settings.items(), *(item.split("=", 1) for item in FLAGS.overrides)]:
         section, field = key.split(".")
-        config[section][field] = ast.literal_eval(value) if value[:1].isdigit() or value in ("True", "False") else value
+        config[section][field] = _value(value)
     return config
+
+
+def _value(text: str):
+    """A command-line value as Python reads it (16, 1e-3, True), else the text itself (a name)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
 
 
 def run(name: str, config, zoo_from: str | None = None) -> dict:

@@ -13,15 +13,13 @@ import sys
 
 import jax
 import numpy as np
-from tiny_runs import tiny_config
+from tiny_runs import tiny_config, train_iris_models
 
-from dwf_jax import pipeline, zoo
-from dwf_jax.augment import input_pipeline
+from dwf_jax import pipeline
 from dwf_jax.bn_recalibration import recalibrate
 from dwf_jax.cli import use_deterministic_gpu_ops
-from dwf_jax.data import load_dataset
 from dwf_jax.evaluate import ensemble_predictions
-from dwf_jax.models import MLP, SmallCNN
+from dwf_jax.models import SmallCNN
 from dwf_jax.sharding import split_models, to_host
 
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -64,22 +62,10 @@ def zoo_across_processes(out: pathlib.Path, process_id: int, num_processes: int,
     if num_processes > 1:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(f"localhost:{port}", num_processes=num_processes, process_id=process_id)
-    data = load_dataset("iris")
     arrays = {"devices": jax.device_count()}
     for num_models in (NUM_MODELS, 4):  # padded, and split evenly (each process holds only its models)
         with split_models():
-            variables, losses = zoo.train_models(
-                MLP((16, 3)),
-                zoo.make_optimizer("adam", 1e-2, 0.0),
-                data.x_train,
-                data.y_train,
-                seed=7,
-                model_indices=np.arange(num_models),
-                epochs=3,
-                batch_size=16,
-                inputs=input_pipeline("iris"),
-                progress=False,
-            )
+            variables, losses = train_iris_models(np.arange(num_models))
         arrays[f"losses_{num_models}"] = losses
         arrays.update({f"leaf_{num_models}_{i}": leaf for i, leaf in enumerate(jax.tree.leaves(variables))})
     np.savez(out, **arrays)

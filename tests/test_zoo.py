@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 import pytest
+from tiny_runs import train_iris_models
 
 from dwf_jax import checkpoints, zoo
 from dwf_jax.augment import input_pipeline
@@ -12,32 +13,16 @@ from dwf_jax.models import MLP
 from dwf_jax.settings import differences
 
 
-def _train(indices, epochs=3):
-    data = load_dataset("iris")
-    return zoo.train_models(
-        MLP((16, 3)),
-        zoo.make_optimizer("adam", 1e-2, 0.0),
-        data.x_train,
-        data.y_train,
-        seed=7,
-        model_indices=np.asarray(indices),
-        epochs=epochs,
-        batch_size=16,
-        inputs=input_pipeline("iris"),
-        progress=False,
-    )
-
-
 def test_vmapped_zoo_matches_one_by_one():
-    together, _ = _train([0, 1, 2])
+    together, _ = train_iris_models([0, 1, 2])
     for i in range(3):
-        alone, _ = _train([i])
+        alone, _ = train_iris_models([i])
         jax.tree.map(lambda a, b, i=i: np.testing.assert_allclose(a[i], b[0], atol=1e-5, rtol=0), together, alone)
 
 
 def test_models_differ_and_learn():
     data = load_dataset("iris")
-    variables, losses = _train([0, 1, 2, 3], epochs=30)
+    variables, losses = train_iris_models([0, 1, 2, 3], epochs=30)
     kernels = variables["params"]["Dense_0"]["kernel"]
     assert not np.allclose(kernels[0], kernels[1])
     accuracy = ensemble_accuracy(MLP((16, 3)), variables, data.x_test, data.y_test)

@@ -1,12 +1,16 @@
-"""A tiny Iris run (seconds on a CPU) and the checks that a refused run left its workdir untouched."""
+"""A tiny Iris run (seconds on a CPU), a tiny Iris zoo, and the checks that a refused run left its workdir untouched."""
 
 import hashlib
 import pathlib
 
+import numpy as np
 import pytest
 
 import configs.iris_mlp as iris_config
-from dwf_jax import pipeline
+from dwf_jax import pipeline, zoo
+from dwf_jax.augment import input_pipeline
+from dwf_jax.data import load_dataset
+from dwf_jax.models import MLP
 
 
 def tiny_config():
@@ -15,6 +19,23 @@ def tiny_config():
     config.flow.update(iterations=60, hidden=16, steps_per_dispatch=30, checkpoint_every=30, batch_size=2)
     config.sample.update(num_samples=3, steps=4)
     return config
+
+
+def train_iris_models(indices, epochs: int = 3):
+    """Iris MLPs of the given model indices (seed 7): stacked variables and last-epoch losses."""
+    data = load_dataset("iris")
+    return zoo.train_models(
+        MLP((16, 3)),
+        zoo.make_optimizer("adam", 1e-2, 0.0),
+        data.x_train,
+        data.y_train,
+        seed=7,
+        model_indices=np.asarray(indices),
+        epochs=epochs,
+        batch_size=16,
+        inputs=input_pipeline("iris"),
+        progress=False,
+    )
 
 
 def snapshot(folder: pathlib.Path) -> dict[str, str]:
