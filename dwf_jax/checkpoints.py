@@ -31,6 +31,7 @@ from dwf_jax.durable import NotEnoughSpace
 
 PyTree = Any
 MANIFEST_FILE = "dwf_manifest.json"
+PROCESS_ARRAYS_FILE = "process_arrays.npz"
 PARTIAL_SUFFIX = ".dwf-partial"  # a name only dwf_jax makes: what a run may delete as its own leftover
 DIGEST = "blake3"
 _SPACE_MARGIN_BYTES = 16 << 20
@@ -132,15 +133,42 @@ def _finish(checkpointer: ocp.StandardCheckpointer, path: pathlib.Path) -> None:
         checkpointer.wait_until_finished()
 
 
-def _start_save(path: pathlib.Path, tree: PyTree) -> ocp.StandardCheckpointer:
+def _checkpointer() -> ocp.StandardCheckpointer:
+    """An orbax checkpointer of this process alone: with several processes (`dwf_jax.processes`) each
+    writes its own files, where orbax would otherwise wait for all of them at every save."""
+    process = {jax.process_index()}
+    return ocp.StandardCheckpointer(
+        multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=min(process), active_processes=process)
+    )
+
+
+class _Written:
+    """A save that finished before `_start_save` returned."""
+
+    def wait_until_finished(self) -> None:
+        pass
+
+
+def _start_save(path: pathlib.Path, tree: PyTree, per_process: bool = False) -> ocp.StandardCheckpointer | _Written:
     """Start orbax writing `tree` into `<path>.dwf-partial`; it goes on in the background until waited for.
 
     Callers hold Ctrl-C meanwhile (`_ctrl_c_after`): orbax's background writes fail noisily when interrupted.
+    `per_process`: the state of this process alone, in one of several (`dwf_jax.processes`), as an .npz file:
+    orbax writes numpy leaves on the first process only and refuses arrays that live on one process.
     """
     check_free_space(path.parent, tree)
     partial = path.with_name(path.name + PARTIAL_SUFFIX)
     shutil.rmtree(partial, ignore_errors=True)
-    checkpointer = ocp.StandardCheckpointer()
+    if per_process:
+        partial.mkdir()
+        with (
+            _full_disk_named(path),
+            durable.atomic_path(partial / PROCESS_ARRAYS_FILE) as temporary,
+            open(temporary, "wb") as file,
+        ):
+            np.savez(file, *jax.tree.leaves(tree))
+        return _Written()
+    checkpointer = _checkpointer()
     with _full_disk_named(path):
         checkpointer.save(partial.absolute(), tree)
     return checkpointer
@@ -200,7 +228,11 @@ def verify(path: pathlib.Path, beside: Mapping[str, pathlib.Path] | None = None)
 def restore_tree(path: pathlib.Path, target: PyTree | None = None) -> PyTree:
     """Read a tree saved by `save_tree` (numpy leaves, or the types of `target`), naming the path if unreadable."""
     try:
-        return ocp.StandardCheckpointer().restore(path.absolute(), target)
+        if (path / PROCESS_ARRAYS_FILE).is_file():
+            with np.load(path / PROCESS_ARRAYS_FILE) as arrays:
+                leaves = [arrays[f"arr_{index}"] for index in range(len(arrays.files))]
+            return leaves if target is None else jax.tree.unflatten(jax.tree.structure(target), leaves)
+        return _checkpointer().restore(path.absolute(), target)
     except Exception as error:  # orbax raises many types for damaged files; report them as one.
         raise CheckpointError(
             f"{path} is corrupt, truncated or of another architecture ({type(error).__name__}: {error})"
@@ -224,8 +256,9 @@ class TrainingCheckpoints:
         settings: Mapping[str, Any],
         differences: Callable[[Mapping[str, Any], Mapping[str, Any]], list[str]],
         keep: int = 2,
+        per_process: bool = False,
     ):
-        self.directory, self.settings, self.keep = directory, dict(settings), keep
+        self.directory, self.settings, self.keep, self.per_process = directory, dict(settings), keep, per_process
         self._differences = differences
         self._pending: tuple[int, ocp.StandardCheckpointer] | None = None
 
@@ -238,7 +271,10 @@ class TrainingCheckpoints:
         self.wait()
         self.directory.mkdir(parents=True, exist_ok=True)
         with _ctrl_c_after():  # a Ctrl-C is raised once the save is pending, so that `wait` seals it
-            self._pending = step, _start_save(self.directory / str(step), jax.tree.map(np.array, state))
+            self._pending = (
+                step,
+                _start_save(self.directory / str(step), jax.tree.map(np.array, state), self.per_process),
+            )
 
     def wait(self) -> None:
         """Block until the last save is on disk and sealed, then drop states beyond the newest `keep`."""
@@ -267,15 +303,19 @@ class TrainingCheckpoints:
         if interrupted:
             raise KeyboardInterrupt
 
+    def restore(self, step: int, target: PyTree) -> PyTree:
+        """The state saved at `step`, checked against its checksums and this run's settings."""
+        recorded = verify(self.directory / str(step)).get("settings", {})
+        self._check_settings(recorded)
+        return restore_tree(self.directory / str(step), target)
+
     def restore_latest(self, target: PyTree) -> tuple[int, PyTree] | None:
         """(step, state) of the newest state that verifies and restores; None if there is none yet."""
         self.wait()
         steps = self.steps()
         for step in reversed(steps):
             try:
-                recorded = verify(self.directory / str(step)).get("settings", {})
-                self._check_settings(recorded)
-                state = restore_tree(self.directory / str(step), target)
+                state = self.restore(step, target)
             except CheckpointSettingsMismatch:
                 raise
             except CheckpointError as error:

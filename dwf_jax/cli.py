@@ -15,7 +15,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dwf_jax import pipeline, report
+from dwf_jax import pipeline, processes, report
 from dwf_jax.checkpoints import CheckpointError, NotEnoughSpace
 from dwf_jax.durable import full_disk_cause
 from dwf_jax.session import WorkdirBusy
@@ -26,6 +26,11 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where stages and report.json go (default: workdirs/<config name>).")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
 flags.DEFINE_bool("traceback", False, "Show the full traceback of input errors.")
+flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, to run over several processes (jax.distributed)."
+)
+flags.DEFINE_integer("num_processes", 1, "How many processes the run has (with --coordinator_address).")
+flags.DEFINE_integer("process_id", 0, "This process's number, 0..num_processes-1 (with --coordinator_address).")
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/iris_mlp.py.", lock_config=True)
 flags.mark_flags_as_required(["config"])
 
@@ -39,6 +44,7 @@ INPUT_ERRORS = (
     NonFiniteWeights,
     FloatingPointError,
     WorkdirBusy,
+    processes.WriterFailed,
 )
 INTERRUPTED = 130  # the shell's status for a process ended by SIGINT
 
@@ -190,6 +196,8 @@ def main(argv: list[str]) -> None:
     try:
         workdir = pathlib.Path(FLAGS.workdir or default_workdir(FLAGS["config"].config_filename))
         config = loaded_config()
+        if FLAGS.coordinator_address:
+            processes.connect(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
         logging.set_verbosity(logging.INFO)
         logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
         logging.info("writing to %s", workdir.absolute())
@@ -216,8 +224,9 @@ def main(argv: list[str]) -> None:
             file=sys.stderr,
         )
         sys.exit(INTERRUPTED)
-    print(report.format_summary(result))
-    print(f"report: {workdir / REPORT_FILE}")
+    if processes.is_writer():
+        print(report.format_summary(result))
+        print(f"report: {workdir / REPORT_FILE}")
 
 
 def run() -> None:

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from dwf_jax import checkpoints, stages
+from dwf_jax import checkpoints, processes, stages
 from dwf_jax.config import config_as_dict, validate_config
 from dwf_jax.data import Dataset, load_configured
 from dwf_jax.evaluate import summary
@@ -92,6 +92,7 @@ def run(configs: Sequence[ml_collections.ConfigDict], workdir: pathlib.Path, pro
     for zoo_work in zoo_works:
         if zoo_work.path.is_symlink():
             raise link_error(zoo_work.path)
+    progress = progress and processes.is_writer()
     with opened([work, *zoo_works], [None, *configs]), split_models(config.num_devices):
         templates = [stages.model_template(c, dataset) for c, dataset in zip(configs, datasets, strict=True)]
         zoos = []
@@ -149,7 +150,7 @@ def run(configs: Sequence[ml_collections.ConfigDict], workdir: pathlib.Path, pro
             "accuracy_matrix": accuracy["accuracy"].tolist(),  # [c][d][m]: sample m of condition c on dataset d
             "timings": work.timings,
         }
-        checkpoints.save_json(work.report, result)
+        processes.writer_does(lambda: checkpoints.save_json(work.report, result))
     for row in result["per_dataset"]:
         logging.info(
             "%s: original %.2f%%, generated %.2f%%", row["dataset"], row["original"]["mean"], row["generated"]["mean"]

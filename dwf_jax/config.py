@@ -69,6 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.zoo.models_per_chunk = 100
     config.zoo.checkpoint_every = 1  # epochs
     config.zoo.scan_steps = True  # one lax.scan per epoch; False: one dispatch per minibatch (CNNs on CPU)
+    config.zoo.compute_dtype = "float32"  # bfloat16: forward and backward in bf16, float32 weights (mixed precision)
     config.zoo.on_disk = False  # zoo-sized arrays as files in the workdir, never all in memory (needs pca.method dual)
 
     config.canonical = ml_collections.ConfigDict()
@@ -219,6 +220,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check(z.models_per_chunk >= 1, f"zoo.models_per_chunk={z.models_per_chunk} must be >= 1")
     _check_choice(z.optimizer, zoo.OPTIMIZERS, "zoo.optimizer")
     _check_choice(z.schedule, zoo.SCHEDULES, "zoo.schedule")
+    _check_choice(z.compute_dtype, zoo.COMPUTE_DTYPES, "zoo.compute_dtype")
     _check(z.learning_rate > 0, f"zoo.learning_rate={z.learning_rate} must be > 0")
     _check(z.weight_decay >= 0, f"zoo.weight_decay={z.weight_decay} must be >= 0")
     _check_choice(config.canonical.method, canonical.METHODS, "canonical.method")

@@ -5,7 +5,7 @@ from typing import Any
 
 import jax
 
-from dwf_jax.sharding import over_models
+from dwf_jax.sharding import gathered, over_models
 
 PyTree = Any
 
@@ -14,7 +14,7 @@ def map_models(fn: Callable[[PyTree], PyTree], stacked: PyTree, models_per_vmap:
     """`fn` applied to every model: all at once with vmap (0), or `models_per_vmap` at a time with lax.map.
 
     Both stay inside one jitted program; under a mesh each device maps its share
-    of the models (`sharding.over_models`). Vmapping convolutions over models turns
+    of the models (`sharding.over_models`) and every process gets all results. Vmapping convolutions over models turns
     them into grouped convolutions, which XLA's CPU backend runs several times
     slower than one model at a time; dense layers vmap well everywhere.
     """
@@ -24,4 +24,4 @@ def map_models(fn: Callable[[PyTree], PyTree], stacked: PyTree, models_per_vmap:
             return jax.vmap(fn)(models)
         return jax.lax.map(fn, models, batch_size=models_per_vmap)
 
-    return over_models(on_one_device)(stacked)
+    return gathered(over_models(on_one_device)(stacked))

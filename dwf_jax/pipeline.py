@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from dwf_jax import report, stages
+from dwf_jax import processes, report, stages
 from dwf_jax.config import pca_components, validate_config
 from dwf_jax.data import Dataset, load_configured
 from dwf_jax.diversity import geometry
@@ -59,7 +59,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, progress: bool
     work = workdir_for(config, dataset, workdir)
     with opened([work], [config]), split_models(config.num_devices):
         try:
-            return run_stages(config, dataset, work, progress)
+            return run_stages(config, dataset, work, progress and processes.is_writer())
         except KeyboardInterrupt:
             raise Interrupted(
                 f"interrupted during stage {work.running} in {workdir}; finished stages and training checkpoints "
@@ -102,7 +102,8 @@ def generate(
         "and retrain with a lower flow.learning_rate."
     )
     check_finite(samples, "generated weights", advice)
-    space.write_weights(samples, work.matrix_file("samples"))
+    if processes.is_writer():
+        space.write_weights(samples, work.matrix_file("samples"))
     return {"samples": samples}
 
 
@@ -183,5 +184,5 @@ def run_stages(config: ml_collections.ConfigDict, dataset: Dataset, work: Workdi
         weight_space=space.description,
         timings=work.timings,
     )
-    report.write(result, work.report, work.figure, work.diversity_figure)
+    processes.writer_does(lambda: report.write(result, work.report, work.figure, work.diversity_figure))
     return result

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import ml_collections
 from absl import logging
 
-from dwf_jax import checkpoints, durable
+from dwf_jax import checkpoints, durable, processes
 from dwf_jax.checkpoints import PARTIAL_SUFFIX, CheckpointError
 from dwf_jax.settings import STAGE_KEYS, differences
 from dwf_jax.workdir import (
@@ -152,7 +152,8 @@ def _announce(descriptor: int, lock: pathlib.Path) -> None:
 def remove_leftovers(work: Workdir) -> None:
     """Delete what this program's interrupted writes left behind; only under the lock, so no write is in flight."""
     chunks = work.path / ZOO_CHUNKS
-    folders = [work.path, work.flow_checkpoints, *(chunks.iterdir() if chunks.is_dir() else ())]
+    shares = [share for chunk in chunks.glob("models_*") for share in chunk.glob("process_*")]
+    folders = [work.path, work.flow_checkpoints, *chunks.glob("models_*"), *shares]
     for folder in folders:
         for pattern in LEFTOVER_PATTERNS:
             for leftover in folder.glob(pattern):
@@ -169,25 +170,35 @@ def opened(
     """Hold `works` for a run: refused, locked, verified, cleaned and recorded in the order the module names.
 
     `configs[i]` is recorded in `works[i]` (None or absent: only the format). A reader passes `record=False`.
+    With several processes the writer alone does all this; the others wait for it (and for its error).
     """
+    with contextlib.ExitStack() as stack:
+        processes.writer_does(lambda: _hold(stack, works, configs, record))
+        yield
+
+
+def _hold(
+    stack: contextlib.ExitStack,
+    works: Sequence[Workdir],
+    configs: Sequence[ml_collections.ConfigDict | None],
+    record: bool,
+) -> None:
     for work in works:
         refuse_foreign(work)
         refuse_links(work)
-    with contextlib.ExitStack() as stack:
-        locks = [stack.enter_context(locked(work.path)) for work in works]
-        for work in works:
-            refuse_links(work)
-            work.check()
-        for work, descriptor in zip(works, locks, strict=True):
-            _announce(descriptor, work.path / LOCK_FILE)
-        for index, work in enumerate(works):
-            remove_leftovers(work)
-            config = configs[index] if index < len(configs) else None
-            if config is not None:
-                work.record_config(config)
-            elif record:
-                work.record_format()
-        yield
+    locks = [stack.enter_context(locked(work.path)) for work in works]
+    for work in works:
+        refuse_links(work)
+        work.check()
+    for work, descriptor in zip(works, locks, strict=True):
+        _announce(descriptor, work.path / LOCK_FILE)
+    for index, work in enumerate(works):
+        remove_leftovers(work)
+        config = configs[index] if index < len(configs) else None
+        if config is not None:
+            work.record_config(config)
+        elif record:
+            work.record_format()
 
 
 def copy_stages(source: Workdir, target: Workdir, stages: Iterable[str], ignore: tuple[str, ...] = ()) -> None:

@@ -5,7 +5,8 @@ evaluation, BatchNorm recalibration, sampling) wraps its per-shard function with
 `over_models`. Under `jax.set_mesh(model_mesh(n))` the leading (model) axis is
 split over the mesh's `models` axis with `jax.shard_map`; a model count that the
 device count does not divide is padded with copies of the last model, which are
-dropped again (which gathers the results onto every device). Without a mesh of
+dropped again (which gathers the results onto every device). Results that the host
+reads are `gathered`: a process reads only arrays that live on its own devices. Without a mesh of
 more than one device the function runs as is, so one device computes exactly
 what it always did. Models never talk to each other, so the per-model work needs
 no collectives: across hosts, each process computes only its own models.
@@ -20,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 PyTree = Any
@@ -32,6 +33,11 @@ def model_mesh(num_devices: int = 0) -> Mesh:
     devices = jax.devices()
     if not 0 <= num_devices <= len(devices):
         raise ValueError(f"num_devices={num_devices}, but {len(devices)} devices are visible (0 = all of them)")
+    if jax.process_count() > 1 and num_devices not in (0, len(devices)):
+        raise ValueError(
+            f"num_devices={num_devices}: a run of {jax.process_count()} processes uses every device of each "
+            f"(num_devices=0 or {len(devices)})"
+        )
     return Mesh(np.asarray(devices[: num_devices or len(devices)]), (MODEL_AXIS,))
 
 
@@ -52,6 +58,16 @@ def mesh_size() -> int:
 def padded_count(num_models: int, num_devices: int) -> int:
     """The smallest multiple of `num_devices` that holds `num_models`."""
     return -(-num_models // num_devices) * num_devices
+
+
+def process_rows(num_models: int) -> np.ndarray:
+    """Rows of the padded model axis that this process's devices compute (every row without a mesh)."""
+    if mesh_size() == 1:
+        return np.arange(num_models)
+    mesh = jax.sharding.get_mesh()
+    count = padded_count(num_models, mesh.size)
+    slices = NamedSharding(mesh, P(MODEL_AXIS)).addressable_devices_indices_map((count,)).values()
+    return np.unique(np.concatenate([np.arange(count)[index] for index in slices]))
 
 
 def pad_models(tree: PyTree, count: int) -> PyTree:
@@ -85,6 +101,14 @@ def over_models(fn: Callable[..., PyTree], num_sharded: int = 1) -> Callable[...
         return jax.tree.map(lambda leaf: leaf[:num_models], outputs)
 
     return sharded
+
+
+def gathered(tree: PyTree) -> PyTree:
+    """Results that every process reads on its host, replicated when the mesh spans several processes
+    (one process reads a sharded array as it is). Call it on the results of `over_models`, inside jit."""
+    if jax.process_count() == 1 or mesh_size() == 1:
+        return tree
+    return jax.lax.with_sharding_constraint(tree, P())
 
 
 def to_host(tree: PyTree) -> PyTree:

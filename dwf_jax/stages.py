@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dwf_jax import baselines, bn_recalibration, keys, pca, zoo
+from dwf_jax import baselines, bn_recalibration, keys, pca, processes, zoo
 from dwf_jax.augment import input_pipeline
 from dwf_jax.canonical import align_models
 from dwf_jax.config import pca_components
@@ -25,7 +25,7 @@ from dwf_jax.diversity import weight_quantiles
 from dwf_jax.evaluate import ensemble_accuracy, ensemble_predictions, percent_correct
 from dwf_jax.models import attention_head_groups, build_model, model_initializer, permutation_spec
 from dwf_jax.workdir import Workdir
-from dwf_jax.zoo_store import Flattener, NonFiniteWeights, ZooStore, check_finite, concatenate, write_rows
+from dwf_jax.zoo_store import Flattener, NonFiniteWeights, ZooStore, check_finite, concatenate
 
 PyTree = Any
 Evaluator = Callable[[PyTree], np.ndarray]
@@ -159,11 +159,12 @@ def train_chunks(
             drop_last=z.drop_last,
             models_per_vmap=config.models_per_vmap,
             scan_steps=z.scan_steps,
-            saves=work.training_checkpoints("zoo", work.zoo_chunk(indices[0], indices[-1])),
+            saves=work.zoo_checkpoints(indices),
             checkpoint_every=z.checkpoint_every,
             progress=progress,
             regression=dataset.regression,
             max_loss=DIVERGED_LOSS_FACTOR * guessing_loss(dataset),
+            compute_dtype=z.compute_dtype,
         )
         yield jax.tree.map(np.asarray, variables)
 
@@ -192,7 +193,7 @@ def train_zoo(
 
     reused_rows = () if reused is None else (reused[0].read(index) for index in range(first_model))
     try:
-        write_rows(work.matrix_file("zoo"), itertools.chain(reused_rows, rows()))
+        work.write_matrix("zoo", itertools.chain(reused_rows, rows()), keep=False)
     except (zoo.ZooDiverged, NonFiniteWeights) as error:
         work.remove_zoo_chunks()  # made with the diverging settings: they would only block a rerun with a lower rate
         raise type(error)(
@@ -218,7 +219,7 @@ def canonicalize(
             config.canonical.max_iter,
             attention_head_groups(config.model) if config.canonical.method == "transfusion" else (),
         )
-    canonical = write_rows(work.matrix_file("canonical"), map(flattener.flatten, models))
+    canonical = work.write_matrix("canonical", map(flattener.flatten, models))
     return {"test_accuracy": store_accuracy(evaluate, canonical, flattener, config.zoo.models_per_chunk)}
 
 
@@ -234,7 +235,7 @@ def reduce(config: ml_collections.ConfigDict, canonical: ZooStore, work: Workdir
         fp16=p.fp16,
         solver=p.solver,
         key=keys.stage_key(config.seed, "pca"),
-        components_path=work.matrix_file("pca"),
+        components_path=work.matrix_file("pca") if processes.is_writer() else None,
     )
     return {
         "mean": np.asarray(state.mean),
@@ -289,7 +290,7 @@ def baseline_ensembles(
             jax.random.fold_in(key, len(b.noise_stds)), canonical.num_models, b.mixtures, b.mix
         )
         parts.append(baselines.mixtures(canonical, *plan))
-    store = write_rows(work.matrix_file("baselines"), itertools.chain(*parts))
+    store = work.write_matrix("baselines", itertools.chain(*parts))
     statistics = recalibrate(config, dataset, store, flattener) if recalibrate_bn else None
     group = config.zoo.models_per_chunk
     evidence = store_evidence(predict, store, store, flattener, group, statistics)

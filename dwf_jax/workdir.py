@@ -8,21 +8,23 @@ computed with (`dwf_jax.settings`); `Workdir.check` verifies them all once a
 run holds the workdir (`dwf_jax.session.opened`), before it computes anything.
 """
 
+import collections
 import os
 import pathlib
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 
-from dwf_jax import checkpoints
+from dwf_jax import checkpoints, processes
 from dwf_jax.checkpoints import CheckpointError
 from dwf_jax.settings import STAGE_KEYS, Settings, config_as_dict, differences
-from dwf_jax.zoo_store import ZooStore, open_file
+from dwf_jax.zoo_store import MemoryZoo, ZooStore, open_file, write_rows
 
 PyTree = Any
 MATRIX_FILES = {
@@ -114,14 +116,41 @@ class Workdir:
         return self.path / ZOO_CHUNKS / f"models_{first_model:04d}-{last_model:04d}"
 
     def training_checkpoints(self, stage: str, folder: pathlib.Path) -> checkpoints.TrainingCheckpoints:
-        """Training states of `stage` in `folder`, tied to its settings: a changed config never resumes them."""
-        return checkpoints.TrainingCheckpoints(folder, self.settings[stage], differences)
+        """Training states of `stage` in `folder`, tied to its settings: a changed config never resumes them.
+
+        With several processes the writer keeps them for all (`processes.WriterCheckpoints`)."""
+        saves = checkpoints.TrainingCheckpoints(folder, self.settings[stage], differences)
+        return processes.WriterCheckpoints(saves) if processes.several() else saves
+
+    def zoo_checkpoints(self, indices: np.ndarray) -> checkpoints.TrainingCheckpoints:
+        """Training states of the zoo models `indices`; with several processes each keeps its own models."""
+        folder = self.zoo_chunk(indices[0], indices[-1])
+        if not processes.several():
+            return checkpoints.TrainingCheckpoints(folder, self.settings["zoo"], differences)
+        share = folder / f"process_{jax.process_index()}_of_{jax.process_count()}"
+        saves = checkpoints.TrainingCheckpoints(share, self.settings["zoo"], differences, per_process=True)
+        return processes.ShareCheckpoints(saves, len(indices))
 
     def remove_zoo_chunks(self) -> None:
         """Training checkpoints are dead weight once the zoo stage is sealed (durably), or once they diverged."""
-        chunks = self.path / ZOO_CHUNKS
-        if chunks.is_dir() and not chunks.is_symlink():
-            shutil.rmtree(chunks)
+        processes.barrier("zoo checkpoints")  # every process has finished its last save
+
+        def remove() -> None:
+            chunks = self.path / ZOO_CHUNKS
+            if chunks.is_dir() and not chunks.is_symlink():
+                shutil.rmtree(chunks)
+
+        processes.writer_does(remove)
+
+    def write_matrix(self, stage: str, rows: Iterable[np.ndarray], keep: bool = True) -> ZooStore | None:
+        """The zoo-sized matrix of `stage` written to its file by the writer; another process holds it in
+        memory (`keep`) or only draws the rows (later stages read the file)."""
+        if processes.is_writer():
+            return write_rows(self.matrix_file(stage), rows)
+        if keep:
+            return MemoryZoo(np.stack([np.asarray(row, np.float32) for row in rows]))
+        collections.deque(rows, maxlen=0)
+        return None
 
     def owned_names(self) -> list[str]:
         """Every name a run writes or deletes at the top of this workdir."""
@@ -170,7 +199,7 @@ class Workdir:
 
     def record_format(self) -> None:
         """Mark the workdir with the format of the stages about to be written in it."""
-        if not (self.path / FORMAT_FILE).exists():
+        if processes.is_writer() and not (self.path / FORMAT_FILE).exists():
             self.path.mkdir(parents=True, exist_ok=True)
             checkpoints.save_json(self.path / FORMAT_FILE, {"workdir_format": FORMAT})
 
@@ -219,14 +248,17 @@ class Workdir:
             )
         if name not in self.settings:
             raise ValueError(f"no settings for stage {name}: this Workdir can only read finished stages")
-        self.record_format()
         start = time.perf_counter()
         result = jax.block_until_ready(compute())
-        checkpoints.save_tree(path, result, self._beside(name), settings=self.settings[name])
         self.timings[name] = time.perf_counter() - start
-        checkpoints.save_json(self._timings_file, self.timings)
+        processes.writer_does(lambda: self._save(name, result))
         logging.info("stage %-9s done in %.1f s -> %s", name, self.timings[name], path)
         return result
+
+    def _save(self, name: str, result: PyTree) -> None:
+        self.record_format()
+        checkpoints.save_tree(self.stage(name), result, self._beside(name), settings=self.settings[name])
+        checkpoints.save_json(self._timings_file, self.timings)
 
     def accuracy(self, name: str, compute: Callable[[], Any]) -> Any:
         """An evaluation as a stage: a rerun of a finished workdir does not evaluate a whole ensemble again."""

@@ -24,6 +24,7 @@ from dwf_jax.sharding import over_models, to_host
 PyTree = Any
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 StepFn = Callable[..., tuple[tuple[PyTree, PyTree], jax.Array]]
 
 
@@ -84,12 +85,22 @@ def epoch_plan(
 
 
 def make_train_step(
-    model: nn.Module, tx: optax.GradientTransformation, inputs: InputPipeline, regression: bool = False
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    inputs: InputPipeline,
+    regression: bool = False,
+    compute_dtype: str = "float32",
 ) -> StepFn:
     """`step((variables, opt_state), (indices, weights, key), x, y) -> ((variables, opt_state), loss)` for one model.
 
     The loss is softmax cross-entropy on class labels, or squared error on scores (`regression`).
+    `compute_dtype` bfloat16 is mixed precision: the forward and backward pass see bf16 copies of the
+    weights and inputs, while the float32 weights (and BatchNorm statistics) are what the optimizer updates.
     """
+    dtype = jnp.dtype(compute_dtype)
+
+    def lowered(tree: PyTree) -> PyTree:
+        return jax.tree.map(lambda leaf: leaf.astype(dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf, tree)
 
     def step(carry, batch, x, y):
         variables, opt_state = carry
@@ -99,12 +110,13 @@ def make_train_step(
 
         def loss_fn(params):
             outputs, state = model.apply(
-                {**variables, "params": params},
-                images,
+                {**variables, "params": lowered(params)},
+                lowered(images),
                 train=True,
                 mutable=["batch_stats"],
                 rngs={"dropout": dropout_key},
             )
+            outputs = outputs.astype(jnp.float32)
             if regression:
                 losses = optax.squared_error(outputs, y[indices])
             else:
@@ -143,6 +155,7 @@ def train_models(
     progress: bool = True,
     regression: bool = False,
     max_loss: float = math.inf,
+    compute_dtype: str = "float32",
 ) -> tuple[PyTree, np.ndarray]:
     """Train the given models; returns stacked variables and each model's mean loss in the last epoch.
 
@@ -156,6 +169,7 @@ def train_models(
     sample)` draws a model's variables (default: `model.init`; a mixed-init zoo
     passes `models.model_initializer`). A model whose mean loss of an epoch exceeds
     `max_loss` (or is not finite) stops training with `ZooDiverged`, before that epoch is saved.
+    `compute_dtype` "bfloat16" trains in mixed precision (`make_train_step`).
     """
     init_keys, data_keys = model_keys(seed, model_indices)
     sample = inputs.eval(jnp.asarray(x_train[:1]))
@@ -164,7 +178,7 @@ def train_models(
         init_keys, jnp.asarray(model_indices), sample
     )
     opt_state = jax.jit(over_models(jax.vmap(lambda v: tx.init(v["params"]))))(variables)
-    step = make_train_step(model, tx, inputs, regression)
+    step = make_train_step(model, tx, inputs, regression, compute_dtype)
     plan = jax.jit(
         jax.vmap(lambda key, epoch: epoch_plan(key, epoch, len(x_train), batch_size, drop_last), in_axes=(0, None))
     )

@@ -6,7 +6,10 @@ A probe (the whole pipeline at 1 zoo epoch and `--probe_iterations` flow steps)
 measures this device's seconds per zoo epoch and per flow step; the main run
 then takes the paper's 5 epochs and 30k flow iterations (full weights, h=512,
 Git Re-Basin, Table 5) or what the budget left allows, each stated in the
-result. As time allows, the row without re-basin and Table 8's dual-PCA row
+result. When float32 leaves fewer epochs, a second probe trains the zoo in
+mixed precision (`zoo.compute_dtype=bfloat16`: bf16 compute, float32 weights)
+and the main run takes whichever fits more (`--compute_dtype` forces one); the
+result names the precision of every row. As time allows, the row without re-basin and Table 8's dual-PCA row
 reuse the main run's zoo. Every run resumes from its stages, so the same
 command continues where a time limit stopped it. Last, ResNet-18 generation
 time per model (Table 15: 1.38 s on an A100) with an untrained flow in the
@@ -42,6 +45,13 @@ flags.DEFINE_integer("epochs", 5, "Zoo epochs at most (the paper's 5, Table 12).
 flags.DEFINE_integer("flow_iterations", 30_000, "Flow iterations at most (the paper's 30k).")
 flags.DEFINE_integer("num_samples", 100, "Generated models.")
 flags.DEFINE_integer("probe_iterations", 500, "Flow steps of the probe run.")
+flags.DEFINE_enum(
+    "compute_dtype",
+    "auto",
+    ["auto", "float32", "bfloat16"],
+    "Zoo training precision (zoo.compute_dtype); auto: a second probe in bfloat16 (float32 weights) when "
+    "float32 leaves fewer than --epochs, and whichever fits more epochs.",
+)
 flags.DEFINE_integer("resnet18_samples", 100, "Nets drawn for the ResNet-18 generation time (0: skip).")
 flags.DEFINE_list("overrides", [], "Extra config settings key=value for every run (a CPU dry run's small batches).")
 flags.DEFINE_string("workdirs", "experiments/workdirs/gpu_paper_scale", "Where the stages are kept.")
@@ -56,6 +66,9 @@ PAPER = {
     "table8_pca": "Table 8, with PCA: 75.96 ± 0.89 (re-basin), 75.97 ± 0.86 (without); train 1.23 min",
     "table15": "Table 15: ResNet-18 generation 1.38 s per model (A100, h=1024, PCA)",
 }
+
+
+PRECISION = {"float32": "float32", "bfloat16": "bf16 compute, float32 weights"}
 
 
 def config_for(epochs: int, iterations: int, **settings: str):
@@ -96,6 +109,7 @@ def run(name: str, config, zoo_from: str | None = None) -> dict:
         zoo_epochs=config.zoo.epochs,
         flow_iterations=config.flow.iterations,
         canonical=config.canonical.method,
+        compute_dtype=config.zoo.compute_dtype,
         accuracy_before_bn_recalibration=generated.get("accuracy_before_bn_recalibration"),
     )
     return summary
@@ -147,14 +161,23 @@ def resnet18_generation_seconds(num_samples: int) -> dict:
 def compute() -> dict:
     start = time.perf_counter()
     left = lambda: FLAGS.budget - (time.perf_counter() - start)  # noqa: E731
-    rows = {"probe": run("probe", config_for(1, FLAGS.probe_iterations))}
+    dtype = "float32" if FLAGS.compute_dtype == "auto" else FLAGS.compute_dtype
+    rows = {"probe": run(f"probe_{dtype}", config_for(1, FLAGS.probe_iterations, **{"zoo.compute_dtype": dtype}))}
     epochs, iterations = sized(rows["probe"], left())
-    rows["main"] = run(f"rebasin_e{epochs}_i{iterations}", config_for(epochs, iterations))
+    if FLAGS.compute_dtype == "auto" and epochs < FLAGS.epochs:
+        mixed = config_for(1, FLAGS.probe_iterations, **{"zoo.compute_dtype": "bfloat16"})
+        rows["probe_bfloat16"] = run("probe_bfloat16", mixed)
+        if sized(rows["probe_bfloat16"], left())[0] > epochs:
+            dtype = "bfloat16"
+        epochs, iterations = sized(rows["probe_bfloat16" if dtype == "bfloat16" else "probe"], left())
+    settings = {"zoo.compute_dtype": dtype}
+    rows["main"] = run(f"rebasin_{dtype}_e{epochs}_i{iterations}", config_for(epochs, iterations, **settings))
     main = rows["main"]["name"]
     per_row = sum(rows["main"]["timings"].values()) - rows["main"]["timings"]["zoo"]
-    for name, settings in (("without_rebasin", {"canonical.method": "none"}), ("dual_pca", {"pca.method": "dual"})):
+    for name, change in (("without_rebasin", {"canonical.method": "none"}), ("dual_pca", {"pca.method": "dual"})):
         if left() > 1.5 * per_row:
-            rows[name] = run(f"{name}_e{epochs}_i{iterations}", config_for(epochs, iterations, **settings), main)
+            config = config_for(epochs, iterations, **settings, **change)
+            rows[name] = run(f"{name}_{dtype}_e{epochs}_i{iterations}", config, main)
     if FLAGS.resnet18_samples:
         rows["resnet18_generation"] = resnet18_generation_seconds(FLAGS.resnet18_samples)
     return rows
@@ -162,14 +185,15 @@ def compute() -> dict:
 
 def markdown(rows: dict, provenance: dict) -> str:
     lines = [*common.header_lines("The paper's ResNet-20 rows on one GPU (Tables 5, 7, 8)", provenance), ""]
-    lines += ["| run | zoo | flow | original | generated, as generated | generated, BN recalibrated |"]
-    lines += ["|---|---|---|---|---|---|"]
+    lines += ["| run | zoo | zoo precision | flow | original | generated, as generated | generated, BN recalibrated |"]
+    lines += ["|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
         if name == "resnet18_generation":
             continue
         before = row["accuracy_before_bn_recalibration"]
         lines.append(
-            f"| {name} ({row['canonical']}) | {FLAGS.num_models} x {row['zoo_epochs']} epochs | {row['flow_space']}, "
+            f"| {name} ({row['canonical']}) | {FLAGS.num_models} x {row['zoo_epochs']} epochs | "
+            f"{PRECISION[row['compute_dtype']]} | {row['flow_space']}, "
             f"{row['flow_iterations']} iterations | {common.mean_std(row['original_accuracy'])} | "
             f"{common.mean_std(before) if before else '-'} | {common.mean_std(row['generated_accuracy'])} |"
         )

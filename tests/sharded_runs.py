@@ -5,6 +5,12 @@ XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/sharded_runs.py 
     recalibration and evaluation of a SmallCNN ensemble on 1 and 8 devices (ROOT/bn_<n>.npz)
 python tests/sharded_runs.py zoo OUT.npz PROCESS_ID NUM_PROCESSES PORT
     zoos of 5 and 4 Iris MLPs, across NUM_PROCESSES processes joined by jax.distributed (1: no join)
+python tests/sharded_runs.py resume ROOT PROCESS_ID NUM_PROCESSES PORT
+    5 Iris MLPs trained 2 epochs with checkpoints under ROOT/saves (each process its share), then resumed
+    to 3 epochs (ROOT/resumed_<process>.npz)
+python tests/sharded_runs.py pipeline ROOT PROCESS_ID NUM_PROCESSES PORT
+    the tiny Iris pipeline (4 models, 5 samples) in ROOT/run, twice (the second loads every stage):
+    ROOT/reports_<process>.json
 """
 
 import json
@@ -17,9 +23,12 @@ from tiny_runs import tiny_config, train_iris_models
 
 from dwf_jax import pipeline
 from dwf_jax.bn_recalibration import recalibrate
+from dwf_jax.checkpoints import TrainingCheckpoints
 from dwf_jax.cli import use_deterministic_gpu_ops
 from dwf_jax.evaluate import ensemble_predictions
 from dwf_jax.models import SmallCNN
+from dwf_jax.processes import ShareCheckpoints, connect
+from dwf_jax.settings import differences
 from dwf_jax.sharding import split_models, to_host
 
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -58,10 +67,7 @@ def on_devices(root: pathlib.Path) -> None:
     (root / "reports.json").write_text(json.dumps(reports))
 
 
-def zoo_across_processes(out: pathlib.Path, process_id: int, num_processes: int, port: int) -> None:
-    if num_processes > 1:
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(f"localhost:{port}", num_processes=num_processes, process_id=process_id)
+def zoo_across_processes(out: pathlib.Path) -> None:
     arrays = {"devices": jax.device_count()}
     for num_models in (NUM_MODELS, 4):  # padded, and split evenly (each process holds only its models)
         with split_models():
@@ -71,8 +77,36 @@ def zoo_across_processes(out: pathlib.Path, process_id: int, num_processes: int,
     np.savez(out, **arrays)
 
 
+def resumed_across_processes(root: pathlib.Path) -> None:
+    folder = root / "saves" / f"process_{jax.process_index()}_of_{jax.process_count()}"
+    arrays = {}
+    for num_models in (NUM_MODELS, 4):  # padded, and split evenly
+        inodes, saves_folder = [], folder / f"models_{num_models}"
+        with split_models():
+            for epochs in (2, 3):
+                saves = TrainingCheckpoints(saves_folder, {}, differences, per_process=True)
+                variables, _ = train_iris_models(np.arange(num_models), epochs, ShareCheckpoints(saves, num_models))
+                inodes.append((saves_folder / "2").stat().st_ino)
+        arrays[f"step_2_inode_{num_models}"] = inodes
+        arrays.update({f"leaf_{num_models}_{i}": leaf for i, leaf in enumerate(jax.tree.leaves(variables))})
+    np.savez(root / f"resumed_{jax.process_index()}.npz", **arrays)
+
+
+def pipeline_across_processes(root: pathlib.Path) -> None:
+    config = mlp_config()
+    config.zoo.num_models = 4  # split evenly; the 5 samples are padded
+    reports = [pipeline.run(config, root / "run", progress=False) for _ in range(2)]
+    (root / f"reports_{jax.process_index()}.json").write_text(json.dumps(reports))
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "devices":
-        on_devices(pathlib.Path(sys.argv[2]))
+    mode, path = sys.argv[1], pathlib.Path(sys.argv[2])
+    if mode == "devices":
+        on_devices(path)
     else:
-        zoo_across_processes(pathlib.Path(sys.argv[2]), *map(int, sys.argv[3:6]))
+        process_id, num_processes, port = map(int, sys.argv[3:6])
+        if num_processes > 1:
+            connect(f"localhost:{port}", num_processes, process_id)
+        {"zoo": zoo_across_processes, "resume": resumed_across_processes, "pipeline": pipeline_across_processes}[mode](
+            path
+        )

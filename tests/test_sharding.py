@@ -16,7 +16,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from sharded_runs import mlp_config
+from sharded_runs import NUM_MODELS, mlp_config
 
 from dwf_jax import pipeline
 from dwf_jax.checkpoints import restore_tree
@@ -116,6 +116,52 @@ def test_two_processes_train_one_zoo(tmp_path):
         np.testing.assert_array_equal(two_devices[name], first[name])  # the same computation: bitwise
         if name != "devices":
             np.testing.assert_allclose(one_device[name], first[name], **TOLERANCE)
+
+
+def _two_processes(mode: str, root: pathlib.Path) -> None:
+    port = _free_port()
+    workers = [_run_worker([mode, str(root), str(i), "2", str(port)], 1, root, wait=False) for i in range(2)]
+    for worker in workers:
+        _finished(worker)
+
+
+def test_each_process_saves_and_resumes_its_own_models(tmp_path):
+    """Zoo checkpoints across two processes: each holds its rows of the padded model axis, and a resume
+    continues from them (step 2 is not written again) to the zoo of an uninterrupted run."""
+    _two_processes("resume", tmp_path)
+    _run_worker(["zoo", str(tmp_path / "straight.npz"), "0", "1", "0"], devices=2, cwd=tmp_path)
+    shares = [tmp_path / "saves" / f"process_{i}_of_2" / f"models_{NUM_MODELS}" for i in range(2)]
+    first, second = (restore_tree(share / "2") for share in shares)
+    assert [leaf.shape[0] for leaf in first + second] == [3] * (len(first) + len(second))  # 5 models padded to 6
+    np.testing.assert_array_equal(second[0][2], second[0][1])  # the padding copies model 4
+    straight = np.load(tmp_path / "straight.npz")
+    for process in range(2):
+        resumed = np.load(tmp_path / f"resumed_{process}.npz")
+        for name in resumed.files:
+            if name.startswith("step_2_inode"):
+                assert resumed[name][0] == resumed[name][1]  # resumed, not trained again
+            else:
+                np.testing.assert_array_equal(resumed[name], straight[name])
+
+
+def _without_timings(reports: list[dict]) -> list[dict]:
+    return [{key: value for key, value in report.items() if key != "timings"} for report in reports]
+
+
+def test_two_processes_run_the_pipeline_in_one_workdir(tmp_path):
+    """Two processes of one device run the CLI pipeline into one workdir (the first writes): the report equals
+    one process of two devices, bitwise, and a second run loads every stage to the same report."""
+    (tmp_path / "two").mkdir()
+    (tmp_path / "one").mkdir()
+    _two_processes("pipeline", tmp_path / "two")
+    _run_worker(["pipeline", str(tmp_path / "one"), "0", "1", "0"], devices=2, cwd=tmp_path / "one")
+    expected = _without_timings(json.loads((tmp_path / "one" / "reports_0.json").read_text()))
+    assert expected[0] == expected[1]
+    for process in range(2):
+        assert _without_timings(json.loads((tmp_path / "two" / f"reports_{process}.json").read_text())) == expected
+    written = json.loads((tmp_path / "two" / "run" / "report.json").read_text())
+    assert _without_timings([written]) == expected[:1]
+    assert not (tmp_path / "two" / "run" / "zoo_chunks").exists()
 
 
 def test_padding_repeats_the_last_model_and_fits_the_mesh():

@@ -30,6 +30,19 @@ def test_models_differ_and_learn():
     assert np.all(losses < 0.6), losses
 
 
+def test_mixed_precision_learns_in_bf16_and_keeps_float32_weights():
+    """zoo.compute_dtype bfloat16: the forward and backward pass round to bf16 (the zoo differs from float32's),
+    the optimizer's weights stay float32, and the models learn as well."""
+    data = load_dataset("iris")
+    mixed, losses = train_iris_models([0, 1, 2, 3], epochs=30, compute_dtype="bfloat16")
+    full, _ = train_iris_models([0, 1, 2, 3], epochs=30)
+    assert {leaf.dtype for leaf in jax.tree.leaves(mixed)} == {np.dtype(np.float32)}
+    difference = np.abs(mixed["params"]["Dense_0"]["kernel"] - full["params"]["Dense_0"]["kernel"]).max()
+    assert 1e-4 < difference < 0.5, difference
+    accuracy = ensemble_accuracy(MLP((16, 3)), mixed, data.x_test, data.y_test)
+    assert np.all(accuracy > 70.0) and np.all(losses < 0.6), (accuracy, losses)
+
+
 def test_chunks_cover_every_model_once():
     parts = zoo.chunks(10, 4)
     assert [len(p) for p in parts] == [4, 4, 2]

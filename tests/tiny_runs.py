@@ -21,8 +21,8 @@ def tiny_config():
     return config
 
 
-def train_iris_models(indices, epochs: int = 3):
-    """Iris MLPs of the given model indices (seed 7): stacked variables and last-epoch losses."""
+def train_iris_models(indices, epochs: int = 3, saves=None, compute_dtype: str = "float32"):
+    """Iris MLPs of the given model indices (seed 7): stacked variables and last-epoch losses (`saves`: every epoch)."""
     data = load_dataset("iris")
     return zoo.train_models(
         MLP((16, 3)),
@@ -35,6 +35,8 @@ def train_iris_models(indices, epochs: int = 3):
         batch_size=16,
         inputs=input_pipeline("iris"),
         progress=False,
+        saves=saves,
+        compute_dtype=compute_dtype,
     )
 
 

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from dwf_jax.flow.source import Source, draw
-from dwf_jax.sharding import mesh_size, over_models, pad_models, padded_count
+from dwf_jax.sharding import gathered, mesh_size, over_models, pad_models, padded_count
 
 Velocity = Callable[[jax.Array, jax.Array], jax.Array]
 _STAGES = {"rk4": 4, "euler": 1}
@@ -61,7 +61,7 @@ def integrate(
         return x, None
 
     x1, _ = jax.lax.scan(scan_step, x0, jnp.arange(num_steps))
-    return x1[:num_models]
+    return gathered(x1[:num_models])
 
 
 def sample_ensemble(
