@@ -17,8 +17,8 @@ import numpy as np
 from absl import app, flags
 
 from dwf_jax import permutations
+from dwf_jax.models import specs
 from dwf_jax.models.vit import ViT
-from dwf_jax.permutations import builders
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("models", 4, "Models aligned to the reference by each method.")
@@ -37,11 +37,11 @@ def main(argv: list[str]) -> None:
     init = jax.jit(lambda key: model.init(key, jnp.zeros((1, 32, 32, 3))))
     reference = jax.tree.map(np.asarray, init(jax.random.key(0)))
     zoo = [jax.tree.map(np.asarray, init(jax.random.key(1 + i))) for i in range(FLAGS.models)]
-    spec = builders.vit_permutation_spec(depth)
+    spec = specs.vit_permutation_spec(depth)
     methods = {
         "Git Re-Basin": lambda key, params: permutations.weight_matching(key, spec, reference, params, FLAGS.max_iter),
         "TransFusion": lambda key, params: permutations.transfusion(
-            key, spec, reference, params, builders.vit_head_groups(depth), FLAGS.max_iter
+            key, spec, reference, params, specs.head_groups("block", depth), FLAGS.max_iter
         ),
     }
     before = np.mean([distance(params, reference) for params in zoo])

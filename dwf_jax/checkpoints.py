@@ -340,8 +340,9 @@ class TrainingCheckpoints:
 
 
 def save_json(path: pathlib.Path, payload: dict) -> None:
-    """Write JSON whole and durably, so readers never see half a file."""
-    durable.write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+    """Write JSON whole and durably, so readers never see half a file; standard JSON (NaN or Infinity refused)."""
+    text = json.dumps(payload, indent=2, sort_keys=True, allow_nan=False)
+    durable.write_bytes(path, (text + "\n").encode())
 
 
 def load_json(path: pathlib.Path) -> dict:

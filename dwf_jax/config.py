@@ -273,6 +273,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         f"flow.source={f.source!r} draws networks in weight space; it needs pca.method='none', "
         f"not {config.pca.method!r}",
     )
+    _check(
+        f.source == "gaussian" or config.model.name not in TRANSFORMER_WIDTHS,
+        f"flow.source={f.source!r} needs every weight to have a Kaiming init; model {config.model.name!r} has "
+        "class-token, positional or embedding tables (normal(0.02)): use flow.source='gaussian'",
+    )
     _check(0 <= f.sigma <= MAX_NOISE_STD, f"flow.sigma={f.sigma} must be in [0, {MAX_NOISE_STD}]")
     _check_choice(f.time_distribution, flow.TIME_DISTRIBUTIONS, "flow.time_distribution")
     _check(

@@ -4,6 +4,9 @@ Every metric is a matrix between the models of two sets, summarised per model
 by its nearest model of the other set (Table 17's four directions: original to
 original, original to generated, generated to original, generated to
 generated). Within one set a model is never compared with itself.
+Jensen-Shannon is compared per test input (Table 17's); that of the models'
+test-set-averaged class distributions is kept beside it, but is near 0 for any
+two accurate models of a balanced test set, copies or not.
 """
 
 from typing import NamedTuple
@@ -17,6 +20,9 @@ from dwf_jax.zoo_store import ZooStore, map_column_blocks, stacked_columns
 
 # Quantiles of each model's weights kept for the Wasserstein distance (all of them when D is smaller).
 NUM_QUANTILES = 1024
+# Elements of the largest (target models, examples, classes) block the per-example Jensen-Shannon holds:
+# 2**24 float32 = 64 MB (100 targets x 16,777 examples of 10 classes).
+JS_BLOCK_ELEMENTS = 2**24
 DIRECTIONS = {
     "original_to_original": ("original", "original"),
     "original_to_generated": ("original", "generated"),
@@ -27,20 +33,52 @@ DIRECTIONS = {
 
 @jax.jit
 def iou(wrong_a: jax.Array, wrong_b: jax.Array) -> jax.Array:
-    """(A, B) intersection over union of the test examples each model gets wrong (two flawless models: 1)."""
+    """(A, B) intersection over union of the test examples each model gets wrong.
+
+    Two flawless models share no error: 0, as in Zeng et al.'s code (boyazeng/weight_memorization),
+    so a zoo of perfect models never reads as a zoo of copies.
+    """
     a, b = wrong_a.astype(jnp.float32), wrong_b.astype(jnp.float32)
     both = a @ b.T
     either = a.sum(axis=1)[:, None] + b.sum(axis=1)[None, :] - both
-    return jnp.where(either > 0, both / jnp.maximum(either, 1.0), 1.0)
+    return both / jnp.maximum(either, 1.0)
 
 
 @jax.jit
-def jensen_shannon(p: jax.Array, q: jax.Array) -> jax.Array:
-    """(A, B) Jensen-Shannon divergence (bits, in [0, 1]) between the models' predicted class distributions."""
-    p, q = p[:, None, :], q[None, :, :]
-    middle = (p + q) / 2
-    divergence = 0.5 * jnp.sum(xlogy(p, p) - xlogy(p, middle) + xlogy(q, q) - xlogy(q, middle), axis=-1)
-    return jnp.maximum(divergence / jnp.log(2.0), 0.0)
+def _summed_jensen_shannon(p: jax.Array, q: jax.Array) -> jax.Array:
+    """(A, B) Jensen-Shannon divergences (nats) of p (A, b, C) and q (B, b, C), summed over the b examples.
+
+    A source model at a time, so only (B, b, C) is held. Each term is (p log p + q log q) / 2 - m log m
+    with m = (p + q) / 2, exactly 0 for a copy (m = p).
+    """
+
+    def row(p_row: jax.Array) -> jax.Array:
+        middle = (p_row + q) / 2
+        terms = 0.5 * (xlogy(p_row, p_row) + xlogy(q, q)) - xlogy(middle, middle)
+        return jnp.sum(terms, axis=(1, 2))
+
+    return jax.lax.map(row, p)
+
+
+def per_example_jensen_shannon(p: np.ndarray, q: np.ndarray, block_elements: int = JS_BLOCK_ELEMENTS) -> np.ndarray:
+    """(A, B) mean over the test inputs of the Jensen-Shannon divergence (bits, in [0, 1]) between two models'
+    predicted class probabilities p (A, n, C) and q (B, n, C): Table 17's JS, 0 only for models that predict alike.
+
+    Streamed over blocks of examples (at most `block_elements` of q's at a time), so 100 x 100 models of
+    10,000 examples x 10 classes fit in memory.
+    """
+    num_targets, num_examples, num_classes = q.shape
+    block = max(1, min(num_examples, block_elements // (num_targets * num_classes)))
+    total = np.zeros((len(p), num_targets))
+    for start in range(0, num_examples, block):
+        part = _summed_jensen_shannon(p[:, start : start + block], q[:, start : start + block])
+        total += np.asarray(part, np.float64)
+    return np.maximum(total / (num_examples * np.log(2.0)), 0.0)
+
+
+def jensen_shannon(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """(A, B) Jensen-Shannon divergence (bits, in [0, 1]) between class distributions p (A, C) and q (B, C)."""
+    return per_example_jensen_shannon(np.asarray(p)[:, None, :], np.asarray(q)[:, None, :])
 
 
 def weight_quantiles(store: ZooStore, num_quantiles: int = NUM_QUANTILES) -> np.ndarray:
@@ -88,8 +126,13 @@ def geometry(store: ZooStore, others: ZooStore, block: int) -> Geometry:
 
 
 def nearest(matrix: np.ndarray, same_set: bool, largest: bool) -> np.ndarray:
-    """Each row's best value among the columns (largest or smallest), its own column excluded within one set."""
+    """Each row's best value among the columns (largest or smallest), its own column excluded within one set.
+
+    NaN within a set of one model, which has no other: undefined, not the infinity an empty min would give.
+    """
     matrix = np.array(matrix, dtype=np.float64)
+    if same_set and len(matrix) < 2:
+        return np.full(len(matrix), np.nan)
     if same_set:
         np.fill_diagonal(matrix, -np.inf if largest else np.inf)
     return matrix.max(axis=1) if largest else matrix.min(axis=1)
@@ -100,6 +143,7 @@ class Evidence(NamedTuple):
 
     wrong: np.ndarray  # (M, n) which test examples each model gets wrong
     class_distribution: np.ndarray  # (M, C) mean predicted class probabilities on the test set
+    probabilities: np.ndarray  # (M, n, C) predicted class probabilities of each test example
     quantiles: np.ndarray  # (M, Q) quantile function of each model's weights
 
 
@@ -113,7 +157,14 @@ def per_model(original: Evidence, generated: Evidence, shape: Geometry) -> dict[
     rows = {"original": slice(0, split), "generated": slice(split, None)}
     metrics = {
         "max_iou_of_errors": (lambda a, b: iou(a.wrong, b.wrong), True),
-        "min_jensen_shannon": (lambda a, b: jensen_shannon(a.class_distribution, b.class_distribution), False),
+        "min_jensen_shannon_per_example": (
+            lambda a, b: per_example_jensen_shannon(a.probabilities, b.probabilities),
+            False,
+        ),
+        "min_jensen_shannon_of_marginals": (
+            lambda a, b: jensen_shannon(a.class_distribution, b.class_distribution),
+            False,
+        ),
         "min_wasserstein": (lambda a, b: wasserstein(a.quantiles, b.quantiles), False),
     }
     result: dict[str, dict[str, np.ndarray]] = {name: {} for name in (*metrics, "nearest_l2", "max_cosine")}

@@ -12,23 +12,25 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 
-from dwf_jax.diversity import Geometry, geometry
+from dwf_jax.diversity import Geometry, geometry, nearest
 from dwf_jax.ensemble import map_models
 from dwf_jax.zoo_store import MemoryZoo, ZooStore, map_column_blocks, stacked_columns
 
 PyTree = Any
+# Why a summary is null: its values are each model's nearest other model (or distance to another), of a set of one.
+UNDEFINED = "needs at least 2 models: a set of one has no other model"
 
 
 @partial(jax.jit, static_argnames=("model", "transform", "models_per_vmap"))
 def _predictions_in_batch(
     stacked_variables: PyTree, x: jax.Array, *, model: nn.Module, transform: Callable, models_per_vmap: int
 ) -> tuple[jax.Array, jax.Array]:
-    """Every model's predicted class per example, and its predicted probabilities summed over the batch."""
+    """Every model's predicted class and class probabilities per example."""
     inputs = transform(x)
     logits = map_models(
         lambda variables: model.apply(variables, inputs, train=False), stacked_variables, models_per_vmap
     )
-    return jnp.argmax(logits, axis=-1), jnp.sum(jax.nn.softmax(logits, axis=-1), axis=1)
+    return jnp.argmax(logits, axis=-1), jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
 
 @partial(jax.jit, static_argnames=("model", "transform", "models_per_vmap"))
@@ -64,24 +66,21 @@ def ensemble_predictions(
     models_per_vmap: int = 0,
     regression: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(M, n) which test examples each model gets wrong, and (M, C) its mean predicted class probabilities.
+    """(M, n) which test examples each model gets wrong, and (M, n, C) its predicted class probabilities (float32).
 
     The test set is streamed in batches. `transform` must be a function that lives as long as the
     program (e.g. from `augment.input_pipeline`): it keys the compilation cache. A `regression`
     model is wrong where its score has the other sign than the target's (positive or not), and
-    its "classes" are the fractions of scores it predicts not positive and positive.
+    its "classes" are not positive and positive: probability 1 for the sign it predicts.
     """
     if regression:
         positive = ensemble_scores(model, stacked_variables, x, batch_size, transform, models_per_vmap) > 0
-        fraction = positive.mean(axis=1, dtype=np.float64)
-        return positive != (np.asarray(y) > 0)[None, :], np.stack([1.0 - fraction, fraction], axis=1)
+        return positive != (np.asarray(y) > 0)[None, :], np.stack([~positive, positive], axis=-1).astype(np.float32)
     predict = partial(_predictions_in_batch, model=model, transform=transform, models_per_vmap=models_per_vmap)
-    labels, probabilities = [], 0.0
-    for start in range(0, len(x), batch_size):
-        batch_labels, batch_probabilities = predict(stacked_variables, x[start : start + batch_size])
-        labels.append(np.asarray(batch_labels))
-        probabilities = probabilities + np.asarray(batch_probabilities, np.float64)
-    return np.concatenate(labels, axis=1) != np.asarray(y)[None, :], probabilities / len(x)
+    parts = [predict(stacked_variables, x[start : start + batch_size]) for start in range(0, len(x), batch_size)]
+    labels = np.concatenate([np.asarray(batch_labels) for batch_labels, _ in parts], axis=1)
+    probabilities = np.concatenate([np.asarray(batch_probabilities) for _, batch_probabilities in parts], axis=1)
+    return labels != np.asarray(y)[None, :], probabilities
 
 
 def ensemble_accuracy(
@@ -109,8 +108,12 @@ def percent_correct(wrong: np.ndarray) -> np.ndarray:
     return 100.0 * (wrong.shape[1] - wrong.sum(axis=1)) / wrong.shape[1]
 
 
-def summary(values: np.ndarray) -> dict[str, float]:
+def summary(values: np.ndarray) -> dict[str, float | str | None]:
+    """Mean, std, min and max; all null, with `undefined` saying why, where a value is undefined (NaN) or none is
+    given: JSON has no NaN or Infinity."""
     values = np.asarray(values, dtype=np.float64)
+    if values.size == 0 or np.isnan(values).any():
+        return {"mean": None, "std": None, "min": None, "max": None, "undefined": UNDEFINED}
     return {
         "mean": float(values.mean()),
         "std": float(values.std()),
@@ -178,8 +181,7 @@ def novelty(to_originals: np.ndarray, among_originals: np.ndarray) -> dict[str, 
     Generated models far closer to an original than originals are to each other
     would be memorised copies rather than new networks.
     """
-    among_others = np.asarray(among_originals) + np.diag(np.full(len(among_originals), np.inf))
     return {
         "generated_to_nearest_original": summary(np.min(to_originals, axis=1)),
-        "original_to_nearest_other_original": summary(among_others.min(axis=1)),
+        "original_to_nearest_other_original": summary(nearest(among_originals, same_set=True, largest=False)),
     }

@@ -20,7 +20,7 @@ from dwf_jax import processes, report, stages
 from dwf_jax.config import pca_components, validate_config
 from dwf_jax.data import Dataset, load_configured
 from dwf_jax.diversity import geometry
-from dwf_jax.evaluate import zoo_distances
+from dwf_jax.evaluate import percent_correct, zoo_distances
 from dwf_jax.flow import Source
 from dwf_jax.flow_stage import flow_source, sample_stage, train_flow_stage
 from dwf_jax.pca import inverse_transform_to_file
@@ -143,17 +143,9 @@ def run_stages(config: ml_collections.ConfigDict, dataset: Dataset, work: Workdi
     work.run("samples", lambda: generate(config, flow["params"], space, source, work, progress))
     generated = stages.open_stage(config, work, "samples", config.sample.num_samples, flattener)
 
-    accuracy = {
-        "as_generated": work.accuracy(
-            "eval_generated", lambda: stages.store_accuracy(evaluate, generated, flattener, group)
-        )
-    }
     statistics, recalibrate_bn = None, "batch_stats" in template and config.bn.recalibrate
     if recalibrate_bn:
         statistics = work.run("bn_stats", lambda: stages.recalibrate(config, dataset, generated, flattener))
-        accuracy["bn_recalibrated"] = work.accuracy(
-            "eval_recalibrated", lambda: stages.store_accuracy(evaluate, generated, flattener, group, statistics)
-        )
     predict = stages.predictor(config, dataset)
     evidence = work.run(
         "diversity",
@@ -162,6 +154,23 @@ def run_stages(config: ml_collections.ConfigDict, dataset: Dataset, work: Workdi
             "generated": stages.store_evidence(predict, generated, generated, flattener, group, statistics),
         },
     )
+    # Scored from the diversity evidence where it saw the same ensemble, so each ensemble is evaluated once: only
+    # the accuracy before BN recalibration and regression's Spearman correlation need an evaluation of their own.
+    accuracy = {
+        "as_generated": work.accuracy(
+            "eval_generated",
+            lambda: stages.store_accuracy(evaluate, generated, flattener, group)
+            if recalibrate_bn or dataset.regression
+            else percent_correct(evidence["generated"]["wrong"]),
+        )
+    }
+    if recalibrate_bn:
+        accuracy["bn_recalibrated"] = work.accuracy(
+            "eval_recalibrated",
+            lambda: stages.store_accuracy(evaluate, generated, flattener, group, statistics)
+            if dataset.regression
+            else percent_correct(evidence["generated"]["wrong"]),
+        )
     baseline_groups, compared = stages.baseline_groups(config), None
     if baseline_groups:
         baselines = work.run(

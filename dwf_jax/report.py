@@ -84,11 +84,16 @@ class Baselines(NamedTuple):
     among_all: diversity.Geometry  # canonical originals first, then every baseline model
 
 
+def _per_model(values: np.ndarray) -> list[float | None]:
+    """Values rounded for JSON, an undefined one (NaN: no other model in a set of one) null."""
+    return [None if np.isnan(value) else value for value in np.round(values, 6).tolist()]
+
+
 def _summaries(per_model: dict[str, dict[str, np.ndarray]], other: str = "generated") -> dict:
     """Summary and per-model values of every metric and direction, the compared ensemble called `other`."""
     return {
         metric: {
-            direction.replace("generated", other): {**summary(values), "per_model": np.round(values, 6).tolist()}
+            direction.replace("generated", other): {**summary(values), "per_model": _per_model(values)}
             for direction, values in directions.items()
         }
         for metric, directions in per_model.items()
@@ -174,12 +179,15 @@ def format_summary(result: dict) -> str:
             novelty_stats["original_to_nearest_other_original"]["mean"],
         )
     )
-    shared = result["diversity"]["max_iou_of_errors"]
-    lines.append(
-        "  shared errors (max IoU): generated -> originals {:.3f}, originals -> other originals {:.3f} (mean)".format(
-            shared["generated_to_original"]["mean"], shared["original_to_original"]["mean"]
+    for key, name in (
+        ("max_iou_of_errors", "shared errors (max IoU)"),
+        ("min_jensen_shannon_per_example", "prediction divergence (min per-example JS, bits)"),
+    ):
+        stats = result["diversity"][key]
+        lines.append(
+            f"  {name}: generated -> originals {stats['generated_to_original']['mean']:.3f}, "
+            f"originals -> other originals {stats['original_to_original']['mean']:.3f} (mean)"
         )
-    )
     lines.append("  timings (s): " + ", ".join(f"{name} {seconds:.1f}" for name, seconds in result["timings"].items()))
     return "\n".join(lines)
 

@@ -29,6 +29,11 @@ STAGE_KEYS = {
     "diversity": (*_SAMPLE_KEYS, "bn"),
     "baselines": (*CANONICAL_KEYS, "baselines", "bn"),
 }
+# What a stage stores, for the stages whose contents a dwf_jax version changed: a finished stage of an older
+# layout is refused by name (the run says which stages to delete), never read wrongly. diversity and baselines
+# 2: each model's class probabilities per test example (the per-example Jensen-Shannon divergence).
+STAGE_LAYOUTS = {"diversity": 2, "baselines": 2}
+LAYOUT_KEY = "stage_layout"
 # Keys that change where data comes from or how a stage runs, never its result.
 RESULT_FREE_KEYS = (
     "data.dir",
@@ -51,10 +56,13 @@ def stage_settings(config: ml_collections.ConfigDict, data_fingerprint: str) -> 
     """Per stage, the values of the keys its result depends on (the data's fingerprint in place of its path)."""
     flat = {key: value for key, value in flatten(config_as_dict(config)).items() if key not in RESULT_FREE_KEYS}
     flat[DATA_FINGERPRINT] = data_fingerprint
-    return {
+    settings = {
         stage: {key: value for key, value in flat.items() if _under(key, prefixes)}
         for stage, prefixes in STAGE_KEYS.items()
     }
+    for stage, layout in STAGE_LAYOUTS.items():
+        settings[stage][LAYOUT_KEY] = layout
+    return settings
 
 
 def differences(recorded: Settings, now: Settings, ignore: tuple[str, ...] = ()) -> list[str]:

@@ -74,7 +74,7 @@ def open_stage(
 
 
 def predictor(config: ml_collections.ConfigDict, dataset: Dataset) -> Callable[[PyTree], tuple]:
-    """Which test examples every model of a stacked zoo gets wrong, and its mean predicted class probabilities."""
+    """Which test examples every model of a stacked zoo gets wrong, and its predicted class probabilities."""
     return _on_test_set(ensemble_predictions, config, dataset)
 
 
@@ -102,12 +102,14 @@ def store_evidence(
     group: int,
     statistics: PyTree = None,
 ) -> dict:
-    """What the diversity metrics read of an ensemble: its errors and predicted classes, and the quantiles of
-    `weights` (the same models, canonicalized for the originals)."""
+    """What the diversity metrics read of an ensemble: its errors, its predicted class probabilities per test
+    example and on average, and the quantiles of `weights` (the same models, canonicalized for the originals)."""
     parts = [predict(variables) for variables in _stacked_groups(store, flattener, group, statistics)]
+    probabilities = np.concatenate([probabilities for _, probabilities in parts])
     return {
         "wrong": np.concatenate([wrong for wrong, _ in parts]),
-        "class_distribution": np.concatenate([distribution for _, distribution in parts]),
+        "class_distribution": probabilities.mean(axis=1, dtype=np.float64),
+        "probabilities": probabilities,
         "quantiles": weight_quantiles(weights),
     }
 

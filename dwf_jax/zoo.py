@@ -7,7 +7,7 @@ chunks, or model by model, gives the same weights as one trained all at once.
 import contextlib
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -135,6 +135,46 @@ def _groups(num_models: int, models_per_vmap: int) -> list[slice]:
     return [slice(start, min(start + width, num_models)) for start in range(0, num_models, width)]
 
 
+class EpochRunner(NamedTuple):
+    """One zoo's compiled training: an epoch's minibatch plans, and the steps of an epoch as one
+    `lax.scan` per vmapped group (`scan_steps`) or one dispatch per minibatch."""
+
+    plan: Callable[[jax.Array, int], tuple[jax.Array, jax.Array, jax.Array]]
+    step_group: Callable[..., tuple[tuple[PyTree, PyTree], jax.Array]]
+    scan_steps: bool
+    num_batches: int
+
+    def epoch(self, carries: list, plans: list, x: jax.Array, y: jax.Array, bar: tqdm) -> tuple[list, jax.Array]:
+        """Every group's carry after one epoch, and each model's loss per step (models, steps)."""
+        if self.scan_steps:
+            results = [self.step_group(carry, batches, x, y) for carry, batches in zip(carries, plans, strict=True)]
+            bar.update(self.num_batches)
+            return [carry for carry, _ in results], jnp.concatenate([losses for _, losses in results])
+        steps = []
+        for index in range(self.num_batches):
+            batches = [jax.tree.map(lambda a, step=index: a[:, step], plan) for plan in plans]
+            results = [self.step_group(carry, batch, x, y) for carry, batch in zip(carries, batches, strict=True)]
+            carries = [carry for carry, _ in results]
+            steps.append(jnp.concatenate([losses for _, losses in results]))
+            bar.update(1)
+        return carries, jnp.stack(steps, axis=1)
+
+
+def epoch_runner(step: StepFn, num_examples: int, batch_size: int, drop_last: bool, scan_steps: bool) -> EpochRunner:
+    """`step` vmapped over the models of a group, split over devices (`over_models`) and compiled."""
+    plan = jax.jit(
+        jax.vmap(lambda key, epoch: epoch_plan(key, epoch, num_examples, batch_size, drop_last), in_axes=(0, None))
+    )
+
+    def scanned(carry, batches, x, y):
+        return jax.lax.scan(lambda c, b: step(c, b, x, y), carry, batches)
+
+    one_model = scanned if scan_steps else step
+    step_group = jax.jit(over_models(jax.vmap(one_model, in_axes=(0, 0, None, None)), num_sharded=2), donate_argnums=0)
+    num_batches = num_examples // batch_size if drop_last else math.ceil(num_examples / batch_size)
+    return EpochRunner(plan, step_group, scan_steps, num_batches)
+
+
 def train_models(
     model: nn.Module,
     tx: optax.GradientTransformation,
@@ -178,22 +218,9 @@ def train_models(
         init_keys, jnp.asarray(model_indices), sample
     )
     opt_state = jax.jit(over_models(jax.vmap(lambda v: tx.init(v["params"]))))(variables)
-    step = make_train_step(model, tx, inputs, regression, compute_dtype)
-    plan = jax.jit(
-        jax.vmap(lambda key, epoch: epoch_plan(key, epoch, len(x_train), batch_size, drop_last), in_axes=(0, None))
+    runner = epoch_runner(
+        make_train_step(model, tx, inputs, regression, compute_dtype), len(x_train), batch_size, drop_last, scan_steps
     )
-    run_epoch = jax.jit(
-        over_models(
-            jax.vmap(
-                lambda carry, batches, x, y: jax.lax.scan(lambda c, b: step(c, b, x, y), carry, batches),
-                in_axes=(0, 0, None, None),
-            ),
-            num_sharded=2,
-        ),
-        donate_argnums=0,
-    )
-    run_step = jax.jit(over_models(jax.vmap(step, in_axes=(0, 0, None, None)), num_sharded=2), donate_argnums=0)
-
     x_train, y_train = jnp.asarray(x_train), jnp.asarray(y_train)
     state = {"variables": variables, "opt_state": opt_state, "losses": jnp.zeros(len(model_indices))}
     start = 0
@@ -204,9 +231,8 @@ def train_models(
     carries = [
         jax.tree.map(lambda leaf, rows=group: leaf[rows], (state["variables"], state["opt_state"])) for group in groups
     ]
-    num_batches = len(x_train) // batch_size if drop_last else math.ceil(len(x_train) / batch_size)
     bar = tqdm(
-        total=(epochs - start) * num_batches,
+        total=(epochs - start) * runner.num_batches,
         desc=f"zoo models {model_indices[0]}-{model_indices[-1]}",
         disable=not progress,
         unit="step",
@@ -214,24 +240,8 @@ def train_models(
     # An error ends the bar's line before its message; an interrupted run finishes its save.
     with bar, saves if saves is not None else contextlib.nullcontext():
         for epoch in range(start, epochs):
-            plans = [plan(data_keys[group], epoch) for group in groups]
-            if scan_steps:
-                results = [
-                    run_epoch(carry, batches, x_train, y_train) for carry, batches in zip(carries, plans, strict=True)
-                ]
-                carries, losses = [r[0] for r in results], jnp.concatenate([r[1] for r in results])
-                bar.update(num_batches)
-            else:
-                steps = []
-                for index in range(num_batches):
-                    results = [
-                        run_step(carry, jax.tree.map(lambda a, step=index: a[:, step], batches), x_train, y_train)
-                        for carry, batches in zip(carries, plans, strict=False)
-                    ]
-                    carries = [r[0] for r in results]
-                    steps.append(jnp.concatenate([r[1] for r in results]))
-                    bar.update(1)
-                losses = jnp.stack(steps, axis=1)
+            plans = [runner.plan(data_keys[group], epoch) for group in groups]
+            carries, losses = runner.epoch(carries, plans, x_train, y_train, bar)
             stacked = jax.tree.map(lambda *parts: jnp.concatenate(parts), *carries)
             state = {"variables": stacked[0], "opt_state": stacked[1], "losses": jnp.mean(losses, axis=1)}
             epoch_losses = to_host(state["losses"])

@@ -37,7 +37,8 @@ VARIANTS = {"with_rebasin": "rebasin", "without_rebasin": "none"}
 METRICS = {
     "max_iou_of_errors": "IoU (max)",
     "min_wasserstein": "Wasserstein (min)",
-    "min_jensen_shannon": "Jensen-Shannon (min)",
+    "min_jensen_shannon_per_example": "Jensen-Shannon per example (min, bits)",
+    "min_jensen_shannon_of_marginals": "Jensen-Shannon of class marginals (min, bits)",
     "nearest_l2": "NN L2",
     "max_cosine": "Cosine sim. (max)",
 }

@@ -2,11 +2,11 @@
 
     python experiments/table8_pca.py --data_dir=../shared/datasets
 
-For each MLP zoo of Table 4 (reused from experiments/workdirs/table4_<name>
+For each MLP zoo of Table 5 (reused from experiments/workdirs/table5_<name>
 when it exists: zoo and canonical zoo depend only on the data, model, zoo and
 canonicalization settings, which are the same), trains one flow per weight
 space (full weights, or dual / incremental PCA with k components) at the
-paper's settings and compares the generated ensembles. The Table 4 run of each
+paper's settings and compares the generated ensembles. The Table 5 run of each
 zoo (MNIST: full weights) is listed first.
 Writes experiments/results/table8_pca.{md,json}.
 """
@@ -48,7 +48,7 @@ def run_space(name: str, space: str) -> dict:
     workdir = pathlib.Path(FLAGS.workdirs) / f"table8_{name}_{method}{components}"
     dataset = load_configured(config.data)
     target = pipeline.workdir_for(config, dataset, workdir)
-    copy_stages(Workdir(pathlib.Path(FLAGS.workdirs) / f"table4_{name}"), target, SHARED_STAGES)
+    copy_stages(Workdir(pathlib.Path(FLAGS.workdirs) / f"table5_{name}"), target, SHARED_STAGES)
     start = time.perf_counter()
     result = pipeline.run(config, workdir, progress=True)
     result["wall_seconds_this_invocation"] = round(time.perf_counter() - start, 1)
@@ -83,9 +83,9 @@ def markdown(rows: list[dict], provenance: dict) -> str:
 def table_rows() -> list[dict]:
     rows = []
     for name in FLAGS.datasets:
-        table4_report = Workdir(pathlib.Path(FLAGS.workdirs) / f"table4_{name}").report
-        if table4_report.exists():
-            rows.append(json.loads(table4_report.read_text()))  # the Table 4 run of the same zoo, in its own space
+        table5_report = Workdir(pathlib.Path(FLAGS.workdirs) / f"table5_{name}").report
+        if table5_report.exists():
+            rows.append(json.loads(table5_report.read_text()))  # the Table 5 run of the same zoo, in its own space
         rows += [run_space(name, space) for space in FLAGS.spaces]
     return rows
 

@@ -1,14 +1,14 @@
 """Table 8 for ResNet-20 on CIFAR-10: the flow on full weights vs on PCA coefficients, and how many.
 
     python experiments/table8_resnet20.py --data_dir=../shared/datasets --num_models=8 --epochs=1 \
-        --reuse_zoo=experiments/workdirs/table4_resnet20_n4_e1
+        --reuse_zoo=experiments/workdirs/table5_resnet20_n4_e1
 
 One zoo, one canonical zoo, then one pipeline run per flow space (they share
 both stages). Model i depends only on (seed, i), so with --reuse_zoo the first
 models are taken from a smaller zoo of the same settings and only the rest are
 trained, two per resumable chunk. A full-weight flow at h=512 has 280M
 parameters; on a CPU it gets --full_flow_iterations, and the PCA space of the
-Table 4 run is trained a second time at that budget for a like-for-like row.
+Table 5 run is trained a second time at that budget for a like-for-like row.
 Writes experiments/results/table8_resnet20.{md,json}.
 """
 

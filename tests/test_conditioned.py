@@ -1,12 +1,16 @@
 """One flow conditioned on the dataset (Appendix K.1): samples of condition c are networks for dataset c."""
 
+import jax
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 from test_data import write_idx
 
 import configs.mnist_mlp
-from dwf_jax import conditioned, data
+from dwf_jax import checkpoints, conditioned, data
+from dwf_jax.evaluate import ensemble_accuracy
+from dwf_jax.models import build_model
+from dwf_jax.zoo_store import Flattener
 
 
 def write_digit_tasks(root):
@@ -43,10 +47,33 @@ configs_module = configs.mnist_mlp
 
 
 @pytest.fixture(scope="module")
-def conditioned_run(tmp_path_factory):
+def conditioned_root(tmp_path_factory):
+    """The folder of the digit tasks (data/) and of the conditioned run on them (work/)."""
     root = tmp_path_factory.mktemp("conditioned")
     write_digit_tasks(root / "data")
-    return conditioned.run(tiny_configs(root / "data"), root / "work", progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def conditioned_run(conditioned_root):
+    return conditioned.run(tiny_configs(conditioned_root / "data"), conditioned_root / "work", progress=False)
+
+
+def test_accuracy_matrix_cell_c_d_m_is_sample_m_of_condition_c_on_dataset_d(conditioned_root, conditioned_run):
+    """Every cell against an evaluation of the saved samples made here, so a transposed matrix cannot pass."""
+    configs = tiny_configs(conditioned_root / "data")
+    datasets = [data.load_configured(config.data) for config in configs]
+    model = build_model(configs[0].model)
+    flattener = Flattener(model.init(jax.random.key(0), datasets[0].x_train[:1]))
+    samples = checkpoints.restore_tree(conditioned_root / "work" / "conditioned_samples")["samples"]
+    assert samples.shape == (2, configs[0].sample.num_samples, flattener.dim)
+    expected = [
+        [ensemble_accuracy(model, flattener.unflatten_rows(ensemble), d.x_test, d.y_test) for d in datasets]
+        for ensemble in samples
+    ]
+    np.testing.assert_allclose(conditioned_run["accuracy_matrix"], expected, rtol=0, atol=1e-9)
+    for condition, row in enumerate(conditioned_run["per_dataset"]):
+        assert row["generated"]["mean"] == pytest.approx(np.mean(expected[condition][condition]), abs=1e-9)
 
 
 def test_samples_of_condition_c_are_networks_for_dataset_c(conditioned_run):

@@ -3,6 +3,8 @@
 import jax
 import numpy as np
 import pytest
+from scipy.spatial.distance import jensenshannon
+from scipy.special import softmax
 from scipy.stats import wasserstein_distance
 
 from dwf_jax import diversity, permutations
@@ -15,10 +17,38 @@ from dwf_jax.zoo_store import Flattener, MemoryZoo
 def test_iou_of_errors_is_one_for_a_copy_and_zero_for_disjoint_errors():
     wrong = np.array([[1, 1, 0, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 0, 0], [1, 0, 1, 0, 0]], bool)
     matrix = np.asarray(diversity.iou(wrong, wrong))
-    np.testing.assert_allclose(np.diag(matrix), 1.0)
+    np.testing.assert_allclose(np.diag(matrix)[[0, 1, 3]], 1.0)
     assert matrix[0, 1] == 0.0 and matrix[1, 0] == 0.0
     np.testing.assert_allclose(matrix[0, 3], 1 / 3)  # {0, 1} and {0, 2}: one shared of three
     assert matrix[2, 0] == 0.0  # a flawless model shares no error
+
+
+def test_two_flawless_models_share_no_error():
+    """Zeng et al.'s IoU of two empty error sets: 0 (nothing shared), not 1."""
+    flawless = np.zeros((2, 5), bool)
+    np.testing.assert_array_equal(np.asarray(diversity.iou(flawless, flawless)), 0.0)
+
+
+def test_per_example_jensen_shannon_tells_a_copy_from_a_model_of_the_same_marginal():
+    """Two models that predict the same classes overall but not for the same inputs differ per example only."""
+    confident = np.array([[0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.05, 0.05, 0.9]], np.float32)
+    model = confident[None]
+    shuffled = confident[[1, 2, 0]][None]  # another class for every input, the same classes on average
+    np.testing.assert_allclose(shuffled.mean(axis=1), model.mean(axis=1))
+    assert np.asarray(diversity.jensen_shannon(model.mean(axis=1), shuffled.mean(axis=1)))[0, 0] < 1e-6
+    per_example = diversity.per_example_jensen_shannon(model, np.concatenate([model, shuffled]))
+    assert per_example[0, 0] == 0.0
+    expected = np.mean([jensenshannon(p, q, base=2) ** 2 for p, q in zip(model[0], shuffled[0], strict=True)])
+    assert per_example[0, 1] == pytest.approx(expected, rel=1e-5) and per_example[0, 1] > 0.4
+
+
+@pytest.mark.parametrize("block_elements", [1, 7, 10**6])
+def test_per_example_jensen_shannon_is_the_same_in_any_block(block_elements):
+    rng = np.random.default_rng(2)
+    p, q = softmax(rng.normal(size=(3, 11, 4)), axis=-1), softmax(rng.normal(size=(2, 11, 4)), axis=-1)
+    expected = [[np.mean(jensenshannon(a, b, base=2, axis=-1) ** 2) for b in q] for a in p]
+    matrix = diversity.per_example_jensen_shannon(p.astype(np.float32), q.astype(np.float32), block_elements)
+    np.testing.assert_allclose(matrix, expected, rtol=1e-4, atol=1e-7)
 
 
 def test_jensen_shannon_is_zero_for_identical_and_one_bit_for_disjoint_predictions():
@@ -69,9 +99,9 @@ def test_a_permuted_twin_is_the_same_model_to_every_metric():
         spec, permutations.random_permutation(jax.random.key(1), spec, variables), variables
     )
     stacked = jax.tree.map(lambda *leaves: np.stack(leaves), variables, twin)
-    wrong, distribution = ensemble_predictions(model, stacked, data.x_test, data.y_test)
+    wrong, probabilities = ensemble_predictions(model, stacked, data.x_test, data.y_test)
     assert np.asarray(diversity.iou(wrong, wrong))[0, 1] == 1.0
-    np.testing.assert_allclose(np.asarray(diversity.jensen_shannon(distribution, distribution))[0, 1], 0.0, atol=1e-6)
+    assert diversity.per_example_jensen_shannon(probabilities, probabilities)[0, 1] < 1e-6
 
     flattener = Flattener(variables)
     quantiles = diversity.weight_quantiles(MemoryZoo(np.stack([flattener.flatten(variables), flattener.flatten(twin)])))

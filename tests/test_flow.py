@@ -1,5 +1,8 @@
 """Flow matching learns a toy distribution; the ODE solvers are exact where they must be."""
 
+import importlib
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +10,9 @@ import pytest
 import scipy.linalg
 
 from dwf_jax import flow
+from dwf_jax.config import validate_config
+from dwf_jax.flow.source import kernel_fan_in
+from dwf_jax.models import model_config, model_initializer
 
 
 def test_rk4_integrates_linear_ode_and_counts_evaluations():
@@ -92,3 +98,83 @@ def test_beta_time_distribution_is_skewed_to_noise():
     assert abs(float(t.mean()) - 2.0 / 7.0) < 0.01
     with pytest.raises(ValueError, match="unknown time distribution"):
         flow.sample_time(jax.random.key(0), 4, "cauchy", (1.0, 1.0))
+
+
+# max |w| / sqrt(6 / fan_in) as draws pile up: 1 for Kaiming-uniform kernels; flax's default lecun_normal is a
+# normal of std sqrt(1 / fan_in) / 0.8796 truncated at 2 std.
+KAIMING_UNIFORM_MAX, LECUN_NORMAL_MAX = 1.0, 2.0 / 0.87962566103423978 / np.sqrt(6.0)
+KAIMING_MODELS = {
+    "mlp": (model_config("mlp", features=(16, 3)), jnp.zeros((1, 4)), KAIMING_UNIFORM_MAX, 200),
+    "smallcnn": (model_config("smallcnn"), jnp.zeros((1, 32, 32, 3)), LECUN_NORMAL_MAX, 40),
+    "resnet20": (model_config("resnet20"), jnp.zeros((1, 32, 32, 3)), LECUN_NORMAL_MAX, 12),
+    "resnet18": (model_config("resnet18"), jnp.zeros((1, 32, 32, 3)), LECUN_NORMAL_MAX, 2),
+}
+REFUSED_MODELS = {
+    "vit_small": (model_config("vit_small", dim=16, depth=1, heads=2), jnp.zeros((1, 8, 8, 3)), "cls_token"),
+    "bert": (
+        model_config("bert", vocab_size=50, hidden=16, layers=1, heads=2, intermediate=32, max_length=8),
+        jnp.ones((1, 8), jnp.int32),
+        "position_embedding/embedding",
+    ),
+}
+
+
+def _observed_max_over_bound(init, draws: int) -> dict[str, float]:
+    """Per kernel, max |w| over `draws` initialisations divided by its Kaiming bound; every other bound must be 0."""
+    template = init(jax.random.key(0))
+    variables = jax.jit(jax.vmap(init))(jax.random.split(jax.random.key(1), draws))
+    ratios = {}
+    for (path, leaf), bound in zip(
+        jax.tree_util.tree_leaves_with_path(variables),
+        jax.tree_util.tree_leaves(flow.kaiming_bounds(template)),
+        strict=True,
+    ):
+        name = jax.tree_util.keystr(path)
+        assert np.ptp(bound) == 0, name
+        if name.endswith("['kernel']"):
+            ratios[name] = float(np.max(np.abs(leaf)) / bound.flat[0])
+        else:
+            assert bound.flat[0] == 0, name
+    return ratios
+
+
+@pytest.mark.parametrize("name", sorted(KAIMING_MODELS))
+def test_kaiming_bounds_use_the_fan_in_of_each_kernels_initialiser(name):
+    """A wrong fan-in moves max |w| / bound by a factor sqrt(fan_in ratio), far outside 2%."""
+    config, sample, expected, draws = KAIMING_MODELS[name]
+    init = model_initializer(config)
+    ratios = _observed_max_over_bound(lambda key: init(key, 0, sample), draws)
+    assert ratios
+    for kernel, ratio in ratios.items():
+        assert 0.98 * expected <= ratio <= expected * (1 + 1e-6), (kernel, ratio, expected)
+
+
+def test_kaiming_bounds_of_attention_kernels_count_only_their_input_axes():
+    """query/key/value (16, heads, head_dim) have fan-in 16, out (heads, head_dim, 16) has heads * head_dim = 8."""
+    attention = nn.MultiHeadDotProductAttention(num_heads=2, qkv_features=8)
+    sample = jnp.zeros((1, 3, 16))
+    ratios = _observed_max_over_bound(lambda key: attention.init(key, sample), 200)
+    assert len(ratios) == 4
+    for kernel, ratio in ratios.items():
+        assert 0.98 * LECUN_NORMAL_MAX <= ratio <= LECUN_NORMAL_MAX * (1 + 1e-6), (kernel, ratio)
+    assert kernel_fan_in(("params", "query", "kernel"), (16, 2, 4)) == 16
+    assert kernel_fan_in(("params", "out", "kernel"), (2, 4, 16)) == 8
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED_MODELS))
+def test_kaiming_source_refuses_leaves_without_a_kaiming_init(name):
+    config, sample, leaf = REFUSED_MODELS[name]
+    variables = jax.eval_shape(lambda: model_initializer(config)(jax.random.key(0), 0, sample))
+    with pytest.raises(ValueError, match=f"no Kaiming bound for params/.*{leaf}"):
+        flow.kaiming_bounds(variables)
+
+
+@pytest.mark.parametrize("name", sorted([*KAIMING_MODELS, *REFUSED_MODELS]))
+def test_config_refuses_the_kaiming_source_exactly_for_models_kaiming_bounds_refuses(name):
+    config = importlib.import_module(f"configs.{'mnist_mlp' if name == 'mlp' else name}").get_config()
+    config.flow.source, config.pca.method, config.zoo.on_disk = "kaiming", "none", False
+    if name in REFUSED_MODELS:
+        with pytest.raises(ValueError, match=f"flow.source='kaiming' needs .* model '{name}'"):
+            validate_config(config)
+    else:
+        validate_config(config)

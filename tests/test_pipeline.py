@@ -10,6 +10,7 @@ from jax.flatten_util import ravel_pytree
 from scipy.spatial.distance import jensenshannon
 from scipy.special import softmax
 from scipy.stats import wasserstein_distance
+from tiny_runs import tiny_config
 
 import configs.iris_mlp as iris_config
 from dwf_jax import pipeline, report
@@ -131,7 +132,8 @@ def test_diversity_fields_equal_an_independent_computation(finished_run):
         "generated": _independent_logits(workdir, "generated.f32", 5),
     }
     wrong = {name: (np.argmax(values, -1) != labels[None]).astype(float) for name, values in logits.items()}
-    classes = {name: np.mean(softmax(values, axis=-1), axis=1) for name, values in logits.items()}
+    probabilities = {name: softmax(values, axis=-1) for name, values in logits.items()}
+    classes = {name: np.mean(values, axis=1) for name, values in probabilities.items()}
     files = {"original": "canonical.f32", "generated": "generated.f32"}
     weights = {name: np.fromfile(workdir / file, np.float32).reshape(-1, 131) for name, file in files.items()}
     unit = {name: rows / np.linalg.norm(rows, axis=1, keepdims=True) for name, rows in weights.items()}
@@ -149,12 +151,18 @@ def test_diversity_fields_equal_an_independent_computation(finished_run):
         same = source == target
         both = wrong[source] @ wrong[target].T
         either = wrong[source].sum(1)[:, None] + wrong[target].sum(1)[None] - both
-        iou = np.where(either > 0, both / np.maximum(either, 1), 1.0)
+        iou = np.where(either > 0, both / np.maximum(either, 1), 0.0)
         divergence = pairwise(lambda p, q: jensenshannon(p, q, base=2) ** 2, classes[source], classes[target])
+        per_example = pairwise(
+            lambda p, q: np.mean(jensenshannon(p, q, base=2, axis=-1) ** 2),
+            probabilities[source],
+            probabilities[target],
+        )
         distance = np.linalg.norm(weights[source][:, None] - weights[target][None], axis=-1)
         expected = {
             "max_iou_of_errors": _nearest(iou, same, True),
-            "min_jensen_shannon": _nearest(divergence, same, False),
+            "min_jensen_shannon_per_example": _nearest(per_example, same, False),
+            "min_jensen_shannon_of_marginals": _nearest(divergence, same, False),
             "min_wasserstein": _nearest(pairwise(wasserstein_distance, weights[source], weights[target]), same, False),
             "nearest_l2": _nearest(distance, same, False),
             "max_cosine": _nearest(unit[source] @ unit[target].T, same, True),
@@ -208,6 +216,8 @@ def test_printed_summary_puts_each_number_on_its_row(finished_run):
     )
     assert "rk4 x 10 steps = 40 flow evaluations" in lines[3]
     assert f"{result['generated']['novelty']['generated_to_nearest_original']['mean']:.3f}" in lines[4]
+    divergence = result["diversity"]["min_jensen_shannon_per_example"]["generated_to_original"]["mean"]
+    assert "per-example JS" in lines[6] and f"{divergence:.3f}" in lines[6]
 
 
 @pytest.mark.parametrize("series", [([80.0, 93.3, 96.7], [90.0, 100.0]), ([90.0, 90.0], [90.0])])
@@ -233,3 +243,42 @@ def test_final_loss_is_the_mean_of_the_last_100_flow_steps(finished_run):
     losses = restore_tree(workdir / "flow")["losses"]
     assert len(losses) == 300
     assert result["flow"]["final_loss_mean_last_100"] == float(np.mean(losses[-100:]))
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"not standard JSON: {name}")
+
+
+def test_a_one_sample_run_writes_standard_json_with_undefined_metrics_null(tmp_path):
+    """A set of one model has no nearest other model: null and why, never Infinity or NaN."""
+    config = tiny_config()
+    config.sample.num_samples = 1
+    config.baselines.update(noise_stds=(0.1,), mixtures=1)
+    pipeline.run(config, tmp_path, progress=False)
+    written = json.loads((tmp_path / "report.json").read_text(), parse_constant=_refuse_constant)
+    alone = written["diversity"]["nearest_l2"]["generated_to_generated"]
+    assert alone["mean"] is None and alone["per_model"] == [None] and "at least 2 models" in alone["undefined"]
+    mixtures = written["baselines"]["mixtures_of_2"]["diversity"]["min_jensen_shannon_per_example"]
+    assert mixtures["baseline_to_baseline"]["mean"] is None
+    assert written["diversity"]["max_cosine"]["generated_to_original"]["mean"] is not None
+    assert written["generated"]["novelty"]["generated_to_nearest_original"]["mean"] is not None
+    for path in tmp_path.rglob("*.json"):
+        json.loads(path.read_text(), parse_constant=_refuse_constant)
+
+
+def test_each_generated_ensemble_is_evaluated_once(tmp_path, monkeypatch):
+    """The generated models' accuracy comes from the diversity evidence (one pass over the test set), not from
+    a second evaluation; the canonical zoo's check is the run's only accuracy evaluation of a whole store."""
+    evaluated = []
+    store_accuracy = pipeline.stages.store_accuracy
+    monkeypatch.setattr(
+        pipeline.stages,
+        "store_accuracy",
+        lambda evaluate, store, *args: evaluated.append(store.num_models) or store_accuracy(evaluate, store, *args),
+    )
+    config = tiny_config()
+    config.sample.num_samples = 5  # tells the generated store from the canonical zoo of 4
+    result = pipeline.run(config, tmp_path / "work", progress=False)
+    assert evaluated == [config.zoo.num_models]
+    evidence = restore_tree(tmp_path / "work" / "diversity")["generated"]["wrong"]
+    np.testing.assert_allclose(result["generated"]["per_model"], 100.0 * (1 - evidence.mean(axis=1)), atol=1e-4)

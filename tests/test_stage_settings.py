@@ -1,5 +1,7 @@
 """A finished stage is reused exactly when the settings it depends on are unchanged, data identity included."""
 
+import json
+
 import numpy as np
 import pytest
 from test_data import write_idx, write_mnist_dir
@@ -100,3 +102,19 @@ def test_a_key_a_stage_never_recorded_counts_as_its_default():
     recorded = {key: value for key, value in now.items() if key != "zoo.drop_last"}
     assert differences(recorded, now) == []
     assert differences(recorded, {**now, "zoo.drop_last": True}) == ["zoo.drop_last: None -> True"]
+
+
+def test_a_stage_of_an_older_layout_is_refused_by_name(workdir):
+    """A diversity stage saved before it kept per-example probabilities (no layout recorded) is not read:
+    the run names it and what to delete, and changes nothing."""
+    config = tiny_config()
+    recorded = stage_settings(config, "fingerprint")["diversity"]
+    assert recorded["stage_layout"] == 2
+    older = {key: value for key, value in recorded.items() if key != "stage_layout"}
+    assert differences(older, recorded) == ["stage_layout: None -> 2"]
+    manifest_path = workdir / "diversity" / "dwf_manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["settings"]["stage_layout"]
+    manifest_path.write_text(json.dumps(manifest))
+    expected = r"stage diversity .* other settings \(stage_layout: None -> 2\); delete diversity"
+    refused(workdir, WorkdirConfigMismatch, expected, lambda: pipeline.run(config, workdir, progress=False))

@@ -1,5 +1,6 @@
 """Transformer permutation specs: a permutation drawn from the spec keeps the function; one outside it does not."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +9,7 @@ from tarfiles import write_tiny_cifar10
 
 import configs.vit_small
 from dwf_jax import permutations, pipeline
+from dwf_jax.models import specs
 from dwf_jax.models.bert import Bert
 from dwf_jax.models.vit import ViT
 from dwf_jax.permutations import builders
@@ -41,7 +43,7 @@ def test_vit_small_192_has_the_papers_size():
 @pytest.mark.parametrize("seed", range(3))
 def test_a_permutation_from_the_vit_spec_keeps_the_outputs(vit, seed):
     model, variables, images = vit
-    spec = builders.vit_permutation_spec(SMALL["depth"])
+    spec = specs.vit_permutation_spec(SMALL["depth"])
     perms = permutations.random_permutation(jax.random.key(seed), spec, variables)
     assert all(not np.array_equal(p, np.arange(len(p))) for p in perms.values())
     permuted = permutations.apply_permutation(spec, perms, variables)
@@ -80,12 +82,12 @@ def _distance(a, b) -> float:
 @pytest.mark.parametrize("seed", range(2))
 def test_transfusion_recovers_a_planted_permutation(vit, seed):
     _, reference, _ = vit
-    spec = builders.vit_permutation_spec(SMALL["depth"])
+    spec = specs.vit_permutation_spec(SMALL["depth"])
     planted = permutations.random_permutation(jax.random.key(10 + seed), spec, reference)
     permuted = permutations.apply_permutation(spec, planted, reference)
     assert _distance(permuted, reference) > 1.0
     result = permutations.transfusion(
-        jax.random.key(seed), spec, reference, permuted, builders.vit_head_groups(SMALL["depth"])
+        jax.random.key(seed), spec, reference, permuted, specs.head_groups("block", SMALL["depth"])
     )
     aligned = permutations.apply_permutation(spec, result.perms, permuted)
     assert _distance(aligned, reference) < 1e-5
@@ -97,8 +99,8 @@ def test_transfusion_never_increases_the_distance_to_the_reference(seed):
     images = jnp.zeros((1, 32, 32, 3))
     reference = model.init(jax.random.key(100), images)
     other = model.init(jax.random.key(200 + seed), images)
-    spec = builders.vit_permutation_spec(SMALL["depth"])
-    result = permutations.transfusion(jax.random.key(0), spec, reference, other, builders.vit_head_groups(2))
+    spec = specs.vit_permutation_spec(SMALL["depth"])
+    result = permutations.transfusion(jax.random.key(0), spec, reference, other, specs.head_groups("block", 2))
     aligned = permutations.apply_permutation(spec, result.perms, other)
     assert _distance(aligned, reference) <= _distance(other, reference) + 1e-6
 
@@ -106,10 +108,10 @@ def test_transfusion_never_increases_the_distance_to_the_reference(seed):
 def test_heads_are_matched_by_spectrum_whatever_else_is_permuted(vit):
     """Planting every group's permutation, the heads come back from the spectra alone."""
     _, reference, _ = vit
-    spec = builders.vit_permutation_spec(SMALL["depth"])
+    spec = specs.vit_permutation_spec(SMALL["depth"])
     planted = permutations.random_permutation(jax.random.key(7), spec, reference)
     permuted = permutations.apply_permutation(spec, planted, reference)
-    for group in builders.vit_head_groups(SMALL["depth"]):
+    for group in specs.head_groups("block", SMALL["depth"]):
         heads = permutations.match_heads(spec, reference, permuted, group)
         np.testing.assert_array_equal(heads, np.argsort(planted[group]))
 
@@ -169,7 +171,7 @@ def test_bert_base_size():
 @pytest.mark.parametrize("seed", range(2))
 def test_a_permutation_from_the_bert_spec_keeps_the_outputs(bert, seed):
     model, variables, tokens = bert
-    spec = builders.bert_permutation_spec(TINY_BERT["layers"])
+    spec = specs.bert_permutation_spec(TINY_BERT["layers"])
     perms = permutations.random_permutation(jax.random.key(seed), spec, variables)
     permuted = permutations.apply_permutation(spec, perms, variables)
     np.testing.assert_allclose(model.apply(permuted, tokens), model.apply(variables, tokens), atol=1e-5, rtol=1e-5)
@@ -178,9 +180,76 @@ def test_a_permutation_from_the_bert_spec_keeps_the_outputs(bert, seed):
 
 def test_transfusion_recovers_a_planted_bert_permutation(bert):
     _, reference, _ = bert
-    spec = builders.bert_permutation_spec(TINY_BERT["layers"])
+    spec = specs.bert_permutation_spec(TINY_BERT["layers"])
     planted = permutations.random_permutation(jax.random.key(5), spec, reference)
     permuted = permutations.apply_permutation(spec, planted, reference)
-    heads = builders.bert_head_groups(TINY_BERT["layers"])
+    heads = specs.head_groups("layer", TINY_BERT["layers"])
     result = permutations.transfusion(jax.random.key(0), spec, reference, permuted, heads)
     assert _distance(permutations.apply_permutation(spec, result.perms, permuted), reference) < 1e-5
+
+
+class _Attention(nn.Module):
+    """The smallest model with heads: one flax attention layer and a readout, defined here, not in dwf_jax."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.MultiHeadDotProductAttention(num_heads=4, qkv_features=32, name="attention")(x)
+        return nn.Dense(2, name="readout")(x)
+
+
+def _per_head_planted(spec, variables, seed: int) -> dict:
+    """A permutation of every group whose heads each order their dimensions differently."""
+    planted = permutations.random_permutation(jax.random.key(seed), spec, variables)
+    for group in permutations.per_head_groups(spec):
+        rows = {tuple(np.asarray(row)) for row in planted[group]}
+        assert len(rows) == planted[group].shape[0], group  # every head its own order
+    return planted
+
+
+def _recovered(model, variables, inputs, spec, head_groups, seed: int) -> None:
+    planted = _per_head_planted(spec, variables, seed)
+    permuted = permutations.apply_permutation(spec, planted, variables)
+    np.testing.assert_allclose(model.apply(permuted, inputs), model.apply(variables, inputs), atol=1e-5, rtol=1e-5)
+    assert _distance(permuted, variables) > 1.0
+    result = permutations.transfusion(jax.random.key(seed), spec, variables, permuted, head_groups)
+    assert _distance(permutations.apply_permutation(spec, result.perms, permuted), variables) < 1e-5
+    back = permutations.apply_permutation(spec, permutations.inverse_permutation(planted, spec), permuted)
+    assert _distance(back, variables) < 1e-6
+
+
+def test_per_head_orders_of_an_attention_layer_are_recovered():
+    """The issue's case: one shared q/k order cannot align heads that each order their dimensions
+    differently; a permutation per head reaches 0 and keeps the function."""
+    model, inputs = _Attention(), jax.random.normal(jax.random.key(3), (2, 5, 16))
+    variables = _jittered(model.init(jax.random.key(4), inputs))
+    spec = {
+        "params": {
+            **builders.multi_head_attention("attention", None, "heads", "qk", "vo"),
+            **builders.dense("readout", None, None),
+        }
+    }
+    _recovered(model, variables, inputs, spec, ["heads"], seed=0)
+    orders = np.stack([np.roll(np.arange(8), shift) for shift in range(4)])  # head h: its dimensions rolled by h
+    by_hand = jax.tree.map(np.asarray, variables)
+    layer = by_hand["params"]["attention"]
+    for name in ("query", "key", "value"):
+        layer[name]["kernel"] = np.stack([layer[name]["kernel"][:, h, orders[h]] for h in range(4)], axis=1)
+        layer[name]["bias"] = np.stack([layer[name]["bias"][h, orders[h]] for h in range(4)])
+    layer["out"]["kernel"] = np.stack([layer["out"]["kernel"][h, orders[h]] for h in range(4)])
+    np.testing.assert_allclose(model.apply(by_hand, inputs), model.apply(variables, inputs), atol=1e-5, rtol=1e-5)
+    result = permutations.transfusion(jax.random.key(0), spec, variables, by_hand, ["heads"])
+    assert _distance(permutations.apply_permutation(spec, result.perms, by_hand), variables) < 1e-5
+
+
+def test_per_head_orders_are_recovered_in_vit_and_bert(vit, bert):
+    model, variables, images = vit
+    _recovered(model, variables, images, specs.vit_permutation_spec(2), specs.head_groups("block", 2), seed=1)
+    model, variables, tokens = bert
+    spec, heads = specs.bert_permutation_spec(TINY_BERT["layers"]), specs.head_groups("layer", TINY_BERT["layers"])
+    _recovered(model, variables, tokens, spec, heads, seed=2)
+
+
+def test_a_per_head_group_needs_its_heads_axis():
+    spec = {"w": permutations.Axes(None, permutations.PerHead("qk", "heads"))}
+    with pytest.raises(ValueError, match="within the heads of group 'heads', which is on no axis"):
+        permutations.validate(spec, {"w": np.zeros((3, 4))})

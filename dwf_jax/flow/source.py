@@ -31,16 +31,49 @@ def draw(source: Source, key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtyp
     raise ValueError(f"unknown source distribution {source.distribution!r}; choose 'normal' or 'uniform'")
 
 
-def kaiming_bounds(variables: PyTree) -> PyTree:
-    """Per weight, the bound of its Kaiming-uniform draw: sqrt(6 / fan_in) for kernels, 0 for everything else.
+# Leaves that start at 0 in the source: biases, LayerNorm/BatchNorm scales (statistics are outside 'params').
+_ZERO_LEAVES = ("bias", "scale")
+# flax's attention projections are DenseGeneral kernels: query/key/value (in, heads, head_dim) map one input
+# axis to two feature axes, `out` (heads, head_dim, out) two input axes to one; DenseGeneral's initialiser
+# takes its fan-in from the input axes only.
+_ATTENTION_FEATURE_AXES = {"query": 2, "key": 2, "value": 2, "out": 1}
 
-    A kernel's fan-in is the product of all but its last axis (Dense (in, out), Conv (h, w, in, out)).
+
+def kernel_fan_in(names: tuple[str, ...], shape: tuple[int, ...]) -> int:
+    """The fan-in flax's variance-scaling initialiser uses for the kernel at `names`: its input axes' product.
+
+    Dense (in, out) and Conv (h, w, in, out) have one feature axis, the last;
+    attention's query/key/value kernels have two.
+    """
+    parent = names[-2] if len(names) >= 2 else ""
+    feature_axes = _ATTENTION_FEATURE_AXES.get(parent, 1) if len(shape) == 3 else 1
+    return math.prod(shape[:-feature_axes])
+
+
+def kaiming_bound(names: tuple[str, ...], shape: tuple[int, ...]) -> float:
+    """The bound of one leaf's Kaiming-uniform draw: sqrt(6 / fan_in) for kernels, 0 for biases and norms.
+
+    Any other parameter (class tokens, positional and embedding tables) is drawn
+    from an initialiser that is not Kaiming's, so it has no Kaiming bound: refused.
+    """
+    if names[0] != "params" or names[-1] in _ZERO_LEAVES:
+        return 0.0
+    if names[-1] == "kernel" and len(shape) >= 2:
+        return math.sqrt(6.0 / kernel_fan_in(names, shape))
+    raise ValueError(
+        f"flow.source='kaiming' has no Kaiming bound for {'/'.join(names)} of shape {shape}: "
+        "it is not a kernel, bias or norm parameter; use flow.source='gaussian'"
+    )
+
+
+def kaiming_bounds(variables: PyTree) -> PyTree:
+    """Per weight, the bound of its Kaiming-uniform draw (`kaiming_bound`), so x0 is a freshly initialised network.
+
     Biases, normalisation parameters and statistics start at 0, as in the zoo's `kaiming_zero_bias` MLPs.
     """
 
     def bound(path: tuple, leaf: Any) -> np.ndarray:
-        is_kernel = jax.tree_util.keystr(path[:1]) == "['params']" and len(leaf.shape) >= 2
-        value = math.sqrt(6.0 / math.prod(leaf.shape[:-1])) if is_kernel else 0.0
-        return np.full(leaf.shape, value, np.float32)
+        names = tuple(str(getattr(key, "key", key)) for key in path)
+        return np.full(leaf.shape, kaiming_bound(names, tuple(leaf.shape)), np.float32)
 
     return jax.tree_util.tree_map_with_path(bound, variables)

@@ -4,7 +4,7 @@ Written in Flax rather than taken from transformers: its 5.x line has no Flax
 models, and the pipeline needs plain linen variables it can vmap and permute.
 Post-LayerNorm blocks as in BERT; attention is flax's
 `MultiHeadDotProductAttention` (heads and head dimensions on separate axes),
-so `permutations.builders.bert_permutation_spec` can name them.
+so `models.specs.bert_permutation_spec` can name them.
 """
 
 import flax.linen as nn

@@ -12,7 +12,13 @@ from dwf_jax.models.bert import Bert
 from dwf_jax.models.cnn import SmallCNN
 from dwf_jax.models.mlp import INIT_SCHEMES, MIXED, MLP, scheme_of_model
 from dwf_jax.models.resnet import ResNet, resnet18, resnet20
-from dwf_jax.models.specs import resnet_permutation_spec, smallcnn_permutation_spec
+from dwf_jax.models.specs import (
+    bert_permutation_spec,
+    head_groups,
+    resnet_permutation_spec,
+    smallcnn_permutation_spec,
+    vit_permutation_spec,
+)
 from dwf_jax.models.vit import ViT
 
 # Each architecture's config fields beside `name`, with their defaults.
@@ -91,9 +97,9 @@ def output_width(model_config: ml_collections.ConfigDict) -> int:
 def attention_head_groups(model_config: ml_collections.ConfigDict) -> list[str]:
     """The spec's groups of attention heads, which TransFusion matches by spectrum (none outside transformers)."""
     if model_config.name == "vit_small":
-        return permutations.builders.vit_head_groups(model_config.depth)
+        return head_groups("block", model_config.depth)
     if model_config.name == "bert":
-        return permutations.builders.bert_head_groups(model_config.layers)
+        return head_groups("layer", model_config.layers)
     return []
 
 
@@ -102,9 +108,9 @@ def permutation_spec(model_config: ml_collections.ConfigDict) -> Any:
     if model_config.name == "mlp":
         return permutations.builders.mlp_permutation_spec(len(model_config.features))
     if model_config.name == "vit_small":
-        return permutations.builders.vit_permutation_spec(model_config.depth)
+        return vit_permutation_spec(model_config.depth)
     if model_config.name == "bert":
-        return permutations.builders.bert_permutation_spec(model_config.layers)
+        return bert_permutation_spec(model_config.layers)
     model = build_model(model_config)
     if isinstance(model, SmallCNN):
         return smallcnn_permutation_spec(len(model.widths))

@@ -1,12 +1,23 @@
-"""Permutation specs of the CNN models, covering both `params` and `batch_stats`.
+"""Permutation specs of the models: CNNs (both `params` and `batch_stats`) and transformer encoders.
 
 Every BatchNorm shares its conv's output group on scale, bias, mean and var,
-so a permuted model computes the same function in train and eval mode.
+so a permuted model computes the same function in train and eval mode. The
+transformers share one residual-stream group, and every encoder block has its
+own heads, per-head query/key and value/output dimensions, and MLP units.
 """
 
 from typing import Any
 
-from dwf_jax.permutations.builders import Group, batch_norm, batch_norm_stats, conv, dense
+from dwf_jax.permutations import Axes
+from dwf_jax.permutations.builders import (
+    Group,
+    batch_norm,
+    batch_norm_stats,
+    conv,
+    dense,
+    embedding,
+    multi_head_attention,
+)
 
 SpecDict = dict[str, Any]
 
@@ -70,3 +81,56 @@ def resnet_permutation_spec(num_stages: int, blocks_per_stage: int) -> dict:
             stats[name] = block_stats
     params.update(dense("classifier", f"stage{num_stages}", None))
     return {"params": params, "batch_stats": stats}
+
+
+def _encoder_block(block: str, residual: str, norms: tuple[str, str]) -> SpecDict:
+    """One encoder block: attention and an MLP reading and writing the residual stream, and its two
+    LayerNorms (named as the model names them: pre-norm ViT or post-norm BERT), all on `residual`.
+
+    Groups `{block}/heads`, `/qk`, `/vo` (per head) and `/mlp` are the block's own.
+    """
+    return {
+        **multi_head_attention("attention", residual, f"{block}/heads", f"{block}/qk", f"{block}/vo"),
+        **dense("mlp_in", residual, f"{block}/mlp"),
+        **dense("mlp_out", f"{block}/mlp", residual),
+        **batch_norm(norms[0], residual),
+        **batch_norm(norms[1], residual),
+    }
+
+
+def vit_permutation_spec(depth: int, residual: str = "residual") -> dict:
+    """Spec for the pre-LayerNorm `ViT` (blocks `block_{i}`): everything added into or read from the stream
+    carries `residual`: the patch embedding's output channels, class token, positional embedding, every
+    LayerNorm (mean and variance do not depend on the order of features) and every block's projections."""
+    params: SpecDict = {
+        **conv("patch_embedding", None, residual),
+        "cls_token": Axes(None, None, residual),
+        "pos_embedding": Axes(None, None, residual),
+        **batch_norm("norm", residual),
+        **dense("head", residual, None),
+    }
+    for i in range(depth):
+        params[f"block_{i}"] = _encoder_block(f"block_{i}", residual, ("norm1", "norm2"))
+    return {"params": params}
+
+
+def bert_permutation_spec(layers: int, residual: str = "residual") -> dict:
+    """Spec for the post-LayerNorm `Bert` encoder (layers `layer_{i}`): the embeddings' features, every
+    LayerNorm and every layer's projections carry `residual`; the pooler's output is a hidden group of
+    its own, read by the regression head."""
+    params: SpecDict = {
+        **embedding("word_embedding", residual),
+        **embedding("position_embedding", residual),
+        **batch_norm("embedding_norm", residual),
+        **dense("pooler", residual, "pooler"),
+        **dense("regressor", "pooler", None),
+    }
+    for i in range(layers):
+        params[f"layer_{i}"] = _encoder_block(f"layer_{i}", residual, ("attention_norm", "mlp_norm"))
+    return {"params": params}
+
+
+def head_groups(block: str, count: int) -> list[str]:
+    """The head groups of `count` encoder blocks named `{block}_{i}` (`block_` in ViT, `layer_` in BERT),
+    which TransFusion matches by their spectra."""
+    return [f"{block}_{i}/heads" for i in range(count)]

@@ -23,18 +23,20 @@ from . import builders
 from .apply import apply_permutation, inverse_permutation
 from .matching import MatchResult, weight_matching
 from .random import random_permutation
-from .spec import Axes, group_axes, group_sizes, validate
+from .spec import Axes, PerHead, group_axes, group_sizes, per_head_groups, validate
 from .transfusion import match_heads, transfusion
 
 __all__ = [
     "Axes",
     "MatchResult",
+    "PerHead",
     "apply_permutation",
     "builders",
     "group_axes",
     "group_sizes",
     "inverse_permutation",
     "match_heads",
+    "per_head_groups",
     "transfusion",
     "random_permutation",
     "validate",

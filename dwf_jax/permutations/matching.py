@@ -43,25 +43,47 @@ class _Term(NamedTuple):
 
     leaf: int
     axis: int
-    reference: np.ndarray  # (n, rest): reference leaf with `axis` moved first
+    reference: np.ndarray  # (n, rest): reference leaf with `axis` moved first; (heads, n, rest) per head
+    heads_axis: int | None = None  # the heads axis of a PerHead group's leaf
 
 
-def _flat(array: np.ndarray, axis: int) -> np.ndarray:
-    return np.moveaxis(array, axis, 0).reshape(array.shape[axis], -1)
+def _flat(array: np.ndarray, axis: int, heads_axis: int | None = None) -> np.ndarray:
+    if heads_axis is None:
+        return np.moveaxis(array, axis, 0).reshape(array.shape[axis], -1)
+    return np.moveaxis(array, (heads_axis, axis), (0, 1)).reshape(array.shape[heads_axis], array.shape[axis], -1)
 
 
 def _similarity(terms: list[_Term], arrays: dict[int, np.ndarray], axes: list[Axes], perms: dict) -> np.ndarray:
-    """A[i, j] = <reference slice i, params slice j> summed over a group's terms.
+    """A[i, j] = <reference slice i, params slice j> summed over a group's terms; (heads, n, n) per head.
 
-    Other axes of each params leaf carry their groups' current permutations;
+    Other axes of each params leaf carry their groups' current permutations (heads included, so
+    row h of a PerHead group compares the reference's head h with the params' head now there);
     the matched axis itself is left unpermuted so A's columns index raw slices.
     """
-    n = terms[0].reference.shape[0]
-    sim = np.zeros((n, n))
+    sim = np.zeros(terms[0].reference.shape[:-1] + terms[0].reference.shape[-2:-1])
     for term in terms:
-        other = permute_array(arrays[term.leaf], axes[term.leaf], perms, except_axis=term.axis)
-        sim += term.reference @ _flat(other, term.axis).T
+        permuted = permute_array(arrays[term.leaf], axes[term.leaf], perms, except_axis=term.axis)
+        sim += term.reference @ np.swapaxes(_flat(permuted, term.axis, term.heads_axis), -1, -2)
     return sim
+
+
+def _best(sim: np.ndarray, current: np.ndarray, tol: float) -> np.ndarray | None:
+    """The optimal assignment of one (n, n) similarity, or None if it does not beat `current` by `tol`."""
+    rows, cols = linear_sum_assignment(sim, maximize=True)
+    old, new = sim[rows, current].sum(), sim[rows, cols].sum()
+    return cols if new - old > tol * max(abs(old), 1.0) else None
+
+
+def _improve(sim: np.ndarray, current: np.ndarray, heads: np.ndarray | None, tol: float) -> np.ndarray | None:
+    """A group's better permutation, or None. Per head, row h of `sim` is the params' head heads[h]."""
+    if heads is None:
+        return _best(sim, current, tol)
+    updated, improved = current.copy(), False
+    for h, source in enumerate(heads):
+        cols = _best(sim[h], current[source], tol)
+        if cols is not None:
+            updated[source], improved = cols, True
+    return updated if improved else None
 
 
 def _check_finite(name: str, aligned: Aligned) -> None:
@@ -103,15 +125,15 @@ def weight_matching(
     _check_finite("reference", ref_aligned)
     _check_finite("params", aligned)
     ref_by_path = dict(zip(ref_aligned.paths, ref_aligned.leaves, strict=False))
-    sizes = aligned.group_sizes()
+    shapes, per_head = aligned.perm_shapes(), aligned.per_head()
     if init_perms is None:
-        perms = {group: np.arange(n) for group, n in sizes.items()}
+        perms = {group: np.broadcast_to(np.arange(shape[-1]), shape).copy() for group, shape in shapes.items()}
     else:
-        perms = {group: np.asarray(p) for group, p in check_perms(init_perms, sizes).items()}
+        perms = {group: np.asarray(p) for group, p in check_perms(init_perms, shapes).items()}
 
     arrays: dict[int, np.ndarray] = {}
     refs: dict[int, np.ndarray] = {}
-    terms: dict[str, list[_Term]] = {group: [] for group in sizes}
+    terms: dict[str, list[_Term]] = {group: [] for group in shapes}
     for i, (path, leaf, axes) in enumerate(zip(aligned.paths, aligned.leaves, aligned.axes, strict=False)):
         if not axes.permuted():
             continue
@@ -121,12 +143,14 @@ def weight_matching(
         arrays[i] = np.asarray(leaf, dtype=np.float64)
         refs[i] = np.asarray(ref, dtype=np.float64)
         for axis, group in axes.permuted():
-            terms[group].append(_Term(i, axis, _flat(refs[i], axis)))
+            heads = axes.heads_of(axis)
+            heads_axis = None if heads is None else axes.names.index(heads)
+            terms[group].append(_Term(i, axis, _flat(refs[i], axis, heads_axis), heads_axis))
 
-    unknown = sorted(set(fixed) - set(sizes))
+    unknown = sorted(set(fixed) - set(shapes))
     if unknown:
         raise ValueError(f"weight_matching: fixed group(s) {unknown} are not groups of the spec")
-    groups = [group for group in sizes if group not in fixed]
+    groups = [group for group in shapes if group not in fixed]
     sweeps, converged = 0, not groups
     while sweeps < max_iter and not converged:
         key, order_key = jax.random.split(key)
@@ -135,12 +159,10 @@ def weight_matching(
         for g in np.asarray(jax.random.permutation(order_key, len(groups))):
             group = groups[g]
             sim = _similarity(terms[group], arrays, aligned.axes, perms)
-            rows, cols = linear_sum_assignment(sim, maximize=True)
-            old = sim[rows, perms[group]].sum()
-            new = sim[rows, cols].sum()
-            if new - old > tol * max(abs(old), 1.0):
-                perms[group] = cols
-                converged = False
+            heads = perms[per_head[group]] if group in per_head else None
+            better = _improve(sim, perms[group], heads, tol)
+            if better is not None:
+                perms[group], converged = better, False
 
     objective = sum(
         (float(np.vdot(refs[i], permute_array(arrays[i], aligned.axes[i], perms))) for i in arrays),

@@ -16,30 +16,64 @@ import numpy as np
 from jax.tree_util import keystr
 
 
+@dataclasses.dataclass(frozen=True)
+class PerHead:
+    """An axis permuted by group `name` within each head: one permutation per entry of the `heads` axis.
+
+    Attention's query/key dimensions of a head move together only within that head, so every head
+    may order them differently (TransFusion's intra-head symmetry). The group's permutation is an
+    (num_heads, head_dim) array whose row j permutes the dimensions of the params' head j, which
+    keeps them when the heads themselves move: `new[h, i] = old[p_heads[h], p[p_heads[h], i]]`.
+    """
+
+    name: str
+    heads: str
+
+
 @dataclasses.dataclass(frozen=True, init=False)
 class Axes:
     """Permutation group name (or None = not permuted) for each axis of one array.
 
-    Deliberately not registered as a pytree node, so it stays a leaf of the spec.
+    An axis may instead be `PerHead(name, heads)`, permuted within each head of the array's
+    `heads` axis. Deliberately not registered as a pytree node, so it stays a leaf of the spec.
     """
 
     names: tuple[str | None, ...]
+    within: tuple[tuple[int, str], ...]  # (axis, heads group) of every PerHead axis
 
-    def __init__(self, *names: str | None) -> None:
+    def __init__(self, *names: str | PerHead | None) -> None:
         for name in names:
-            if name is not None and not isinstance(name, str):
-                raise TypeError(f"Axes names must be str or None, got {name!r}")
-        object.__setattr__(self, "names", tuple(names))
+            if name is not None and not isinstance(name, str | PerHead):
+                raise TypeError(f"Axes names must be str, PerHead or None, got {name!r}")
+        plain = tuple(name.name if isinstance(name, PerHead) else name for name in names)
+        within = tuple((axis, name.heads) for axis, name in enumerate(names) if isinstance(name, PerHead))
+        object.__setattr__(self, "names", plain)
+        object.__setattr__(self, "within", within)
 
     def __len__(self) -> int:
         return len(self.names)
 
     def __repr__(self) -> str:
-        return f"Axes({', '.join(map(repr, self.names))})"
+        heads = dict(self.within)
+        shown = [f"PerHead({n!r}, {heads[a]!r})" if a in heads else repr(n) for a, n in enumerate(self.names)]
+        return f"Axes({', '.join(shown)})"
 
     def permuted(self) -> tuple[tuple[int, str], ...]:
         """(axis, group) for every permuted axis, in axis order."""
         return tuple((axis, g) for axis, g in enumerate(self.names) if g is not None)
+
+    def heads_of(self, axis: int) -> str | None:
+        """The heads group of a PerHead axis, None for a plain one."""
+        return dict(self.within).get(axis)
+
+
+def per_head_groups(spec: Any) -> dict[str, str]:
+    """Every PerHead group of `spec` and the heads group it acts within (only the spec is read)."""
+    found: dict[str, str] = {}
+    for axes in jax.tree_util.tree_leaves(spec):
+        for axis, heads in axes.within:
+            found[axes.names[axis]] = heads
+    return found
 
 
 class Aligned(NamedTuple):
@@ -62,6 +96,15 @@ class Aligned(NamedTuple):
             for axis, group in axes.permuted()
         }
         return dict(sorted(sizes.items()))
+
+    def per_head(self) -> dict[str, str]:
+        """Every PerHead group and the heads group it acts within."""
+        return {axes.names[axis]: heads for axes in self.axes for axis, heads in axes.within}
+
+    def perm_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of every group's permutation: (n,), or (num_heads, head_dim) for a PerHead group."""
+        sizes, per_head = self.group_sizes(), self.per_head()
+        return {g: (sizes[per_head[g]], n) if g in per_head else (n,) for g, n in sizes.items()}
 
     def group_axes(self) -> dict[str, list[tuple[str, int]]]:
         """For every group (sorted), the (key path, axis) pairs it permutes."""
@@ -108,6 +151,7 @@ def align(spec: Any, params: Any) -> Aligned:
     leaves = [leaf for _, leaf in param_pairs]
     axes_list = [by_path[path] for path in paths]
     seen: dict[str, tuple[str, int, int]] = {}
+    within: dict[str, str | None] = {}
     for path, leaf, axes in zip(paths, leaves, axes_list, strict=False):
         shape = np.shape(leaf)
         if len(axes) != len(shape):
@@ -122,6 +166,14 @@ def align(spec: Any, params: Any) -> Aligned:
                     "a group may permute at most one axis of each array (weight matching cannot align it otherwise)"
                 )
             axis_of[group] = axis
+            heads = axes.heads_of(axis)
+            if heads is not None and heads not in axes.names:
+                raise ValueError(
+                    f"spec at {path} permutes axis {axis} within the heads of group {heads!r}, "
+                    "which is on no axis of that array"
+                )
+            if within.setdefault(group, heads) != heads:
+                raise ValueError(f"group {group!r} is per head of {within[group]!r} elsewhere but not at {path}")
             first = seen.setdefault(group, (path, axis, shape[axis]))
             if first[2] != shape[axis]:
                 raise ValueError(

@@ -57,16 +57,17 @@ def transfusion(
 ) -> MatchResult:
     """Permutations of `params` that align it to `reference`: heads by spectra, then weight matching.
 
-    Never worse than not permuting: if the aligned inner product with the
-    reference falls below the unpermuted one (spectra can mislead between
-    unrelated models), the identity is returned.
+    Never worse than weight matching with every head where it is: if the aligned inner product
+    with the reference falls below that (spectra can mislead between unrelated models), that
+    result is returned. PerHead groups (each head's query/key and value/output dimensions) are
+    solved per head by weight matching in both.
     """
-    sizes = align(spec, params).group_sizes()
-    missing = sorted(set(head_groups) - set(sizes))
+    shapes = align(spec, params).perm_shapes()
+    missing = sorted(set(head_groups) - set(shapes))
     if missing:
         raise ValueError(f"transfusion: head group(s) {missing} are not groups of the spec")
-    identity = {group: np.arange(size) for group, size in sizes.items()}
+    identity = {group: np.broadcast_to(np.arange(shape[-1]), shape).copy() for group, shape in shapes.items()}
     heads = {group: match_heads(spec, reference, params, group) for group in head_groups}
     result = weight_matching(key, spec, reference, params, max_iter, init_perms={**identity, **heads}, fixed=heads)
-    unpermuted = weight_matching(key, spec, reference, params, 1, init_perms=identity, fixed=list(sizes))
-    return result if result.objective >= unpermuted.objective else unpermuted
+    in_place = weight_matching(key, spec, reference, params, max_iter, init_perms=identity, fixed=list(head_groups))
+    return result if result.objective >= in_place.objective else in_place

@@ -1,9 +1,9 @@
-"""Table 4, MLP rows: Iris, MNIST and Fashion-MNIST zoos at the paper's full settings, with re-basin.
+"""Table 5, MLP rows: Iris, MNIST and Fashion-MNIST zoos at the paper's full settings, with re-basin.
 
-    python experiments/table4_mlp.py --data_dir=../shared/datasets
+    python experiments/table5_mlp.py --data_dir=../shared/datasets
 
 Stages are kept in experiments/workdirs/, so an interrupted run resumes.
-Writes experiments/results/table4_mlp.{md,json}.
+Writes experiments/results/table5_mlp.{md,json}.
 """
 
 import pathlib
@@ -27,7 +27,7 @@ flags.DEFINE_list(
 flags.DEFINE_string("workdirs", "experiments/workdirs", "Where each row's stages are kept.")
 
 CONFIGS = {"iris": iris_mlp, "mnist": mnist_mlp, "fashion_mnist": fashion_mnist_mlp}
-# Table 4 of the paper (with re-basin, Table 4's h), for comparison only.
+# Table 5 of the paper (with re-basin, Table 5's h), for comparison only.
 PAPER = {"iris": (90.70, 91.43), "mnist": (96.32, 96.17), "fashion_mnist": (89.24, 89.10)}
 
 
@@ -37,7 +37,7 @@ def run_row(name: str) -> dict:
     if name in FLAGS.pca_datasets:
         config.pca.update(method="dual", components=config.zoo.num_models - 1)
     start = time.perf_counter()
-    result = pipeline.run(config, pathlib.Path(FLAGS.workdirs) / f"table4_{name}", progress=True)
+    result = pipeline.run(config, pathlib.Path(FLAGS.workdirs) / f"table5_{name}", progress=True)
     result["row_wall_seconds_this_invocation"] = round(time.perf_counter() - start, 1)
     result["flow_hidden"] = config.flow.hidden
     return result
@@ -45,7 +45,7 @@ def run_row(name: str) -> dict:
 
 def markdown(rows: dict, provenance: dict) -> str:
     lines = [
-        "# Table 4, MLP rows (with Git Re-Basin)",
+        "# Table 5, MLP rows (with Git Re-Basin)",
         "",
         *common.provenance_lines(provenance),
         f"Wall time of this invocation: {provenance['wall_seconds']} s "
@@ -74,7 +74,7 @@ def markdown(rows: dict, provenance: dict) -> str:
 
 def main(argv: list[str]) -> None:
     del argv
-    common.run_and_write("table4_mlp", lambda: {name: run_row(name) for name in FLAGS.datasets}, markdown)
+    common.run_and_write("table5_mlp", lambda: {name: run_row(name) for name in FLAGS.datasets}, markdown)
 
 
 if __name__ == "__main__":
