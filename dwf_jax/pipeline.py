@@ -159,17 +159,21 @@ def run_stages(config: ml_collections.ConfigDict, dataset: Dataset, work: Workdi
     accuracy = {
         "as_generated": work.accuracy(
             "eval_generated",
-            lambda: stages.store_accuracy(evaluate, generated, flattener, group)
-            if recalibrate_bn or dataset.regression
-            else percent_correct(evidence["generated"]["wrong"]),
+            lambda: (
+                stages.store_accuracy(evaluate, generated, flattener, group)
+                if recalibrate_bn or dataset.regression
+                else percent_correct(evidence["generated"]["wrong"])
+            ),
         )
     }
     if recalibrate_bn:
         accuracy["bn_recalibrated"] = work.accuracy(
             "eval_recalibrated",
-            lambda: stages.store_accuracy(evaluate, generated, flattener, group, statistics)
-            if dataset.regression
-            else percent_correct(evidence["generated"]["wrong"]),
+            lambda: (
+                stages.store_accuracy(evaluate, generated, flattener, group, statistics)
+                if dataset.regression
+                else percent_correct(evidence["generated"]["wrong"])
+            ),
         )
     baseline_groups, compared = stages.baseline_groups(config), None
     if baseline_groups:
