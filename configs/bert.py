@@ -13,8 +13,7 @@ online, the paper's Yelp reviews: `--config.data.name=yelp
 --config.model.intermediate=128 --config.data.max_tokens=64`.
 """
 
-from dwf_jax.config import base_config
-from dwf_jax.models import model_config
+from dwf_jax.config import base_config, model_config
 
 
 def get_config():
@@ -43,5 +42,5 @@ def get_config():
     )
     config.eval.batch_size = 500
     # The default baselines are 400 more models: 175 GB of BERT-Base weights. Ask for them on smaller encoders.
-    config.baselines.update(noise_stds=(), mixtures=0)
+    config.baselines.update(noise_stds=(), mixtures=0, average_of=0, gaussian=0)
     return config

@@ -1,7 +1,6 @@
 """Fashion-MNIST MLP [784, 128, 128, 10] (117,770 params); needs the IDX files under data.dir or tensorflow-datasets."""
 
-from dwf_jax.config import base_config
-from dwf_jax.models import model_config
+from dwf_jax.config import base_config, model_config
 
 
 def get_config():

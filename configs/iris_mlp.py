@@ -1,7 +1,6 @@
 """Iris MLP [4, 16, 3] (131 params): the embedded default, runs offline from scikit-learn's copy."""
 
-from dwf_jax.config import base_config
-from dwf_jax.models import model_config
+from dwf_jax.config import base_config, model_config
 
 
 def get_config():

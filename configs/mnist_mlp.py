@@ -1,7 +1,6 @@
 """MNIST MLP [784, 32, 32, 10] (26,506 params); needs MNIST IDX files under data.dir or tensorflow-datasets."""
 
-from dwf_jax.config import base_config
-from dwf_jax.models import model_config
+from dwf_jax.config import base_config, model_config
 
 
 def get_config():

@@ -1,7 +1,6 @@
 """ResNet-18 on CIFAR-10 (11.17M params, BatchNorm); the flow trains on N-1 PCA components (Table 4, h=1024)."""
 
-from dwf_jax.config import base_config
-from dwf_jax.models import model_config
+from dwf_jax.config import base_config, model_config
 
 
 def get_config():

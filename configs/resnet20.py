@@ -5,8 +5,7 @@ a full-weight flow at h=512 has 280M parameters, which a CPU cannot train in
 reasonable time. On a GPU, `--config.pca.method=none` follows the paper's text.
 """
 
-from dwf_jax.config import base_config
-from dwf_jax.models import model_config
+from dwf_jax.config import base_config, model_config
 
 
 def get_config():

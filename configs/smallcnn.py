@@ -1,7 +1,6 @@
 """SmallCNN on CIFAR-10 (21,914 params, BatchNorm); needs the CIFAR-10 copy under data.dir or tensorflow-datasets."""
 
-from dwf_jax.config import base_config
-from dwf_jax.models import model_config
+from dwf_jax.config import base_config, model_config
 
 
 def get_config():

@@ -8,8 +8,7 @@ trains on the zoo's N-1 dual-PCA coefficients (exact for the zoo): on a GPU,
 line, e.g. `--config.zoo.num_models=8 --config.zoo.epochs=2 --config.model.depth=2`.
 """
 
-from dwf_jax.config import base_config
-from dwf_jax.models import model_config
+from dwf_jax.config import base_config, model_config
 
 
 def get_config():

@@ -17,7 +17,7 @@ import numpy as np
 from absl import logging
 
 from dwf_jax import checkpoints, processes, stages
-from dwf_jax.config import config_as_dict, validate_config
+from dwf_jax.config import config_as_dict
 from dwf_jax.data import Dataset, load_configured
 from dwf_jax.evaluate import summary
 from dwf_jax.flow_stage import flow_source, sample_stage, train_flow_stage
@@ -25,6 +25,7 @@ from dwf_jax.pipeline import canonical_zoo, workdir_for
 from dwf_jax.session import link_error, opened
 from dwf_jax.settings import stage_settings
 from dwf_jax.sharding import split_models
+from dwf_jax.validation import validate_config
 from dwf_jax.workdir import Workdir
 from dwf_jax.zoo_store import Flattener, check_finite
 

@@ -9,6 +9,8 @@ test-set-averaged class distributions is kept beside it, but is near 0 for any
 two accurate models of a balanced test set, copies or not.
 """
 
+from collections.abc import Sequence
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -99,11 +101,64 @@ def wasserstein(quantiles_a: jax.Array, quantiles_b: jax.Array) -> jax.Array:
     return jax.lax.map(lambda row: jnp.mean(jnp.abs(quantiles_b - row), axis=1), quantiles_a)
 
 
-@jax.jit
-def _block_geometry(block: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Squared distances (summed row by row, so a model is exactly 0 from itself) and dot products in one block."""
-    squared = jax.lax.map(lambda row: jnp.sum(jnp.square(block - row), axis=1), block)
-    return squared, block @ block.T
+class ColumnRange(NamedTuple):
+    """A store seen through one range of its columns (a slice with start and stop).
+
+    The weight metrics see a model's `params` (`Flattener.params_columns`) only: BatchNorm running
+    statistics are no learned weights, and a model whose statistics alone changed is the same model to them.
+    """
+
+    store: ZooStore
+    span: slice
+
+    @property
+    def num_models(self) -> int:
+        return self.store.num_models
+
+    @property
+    def dim(self) -> int:
+        return self.span.stop - self.span.start
+
+    def read(self, index: int) -> np.ndarray:
+        return self.store.read(index)[self.span]
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        return self.store.rows(start, stop)[:, self.span]
+
+    def columns(self, start: int, stop: int) -> np.ndarray:
+        return self.store.columns(self.span.start + start, self.span.start + stop)
+
+    def as_array(self) -> np.ndarray:
+        return self.store.as_array()[:, self.span]
+
+
+@partial(jax.jit, static_argnames="num_targets")
+def _block_sums(block: jax.Array, num_targets: int) -> tuple[jax.Array, jax.Array]:
+    """Squared distances (summed row by row, never |a|^2 + |b|^2 - 2ab, so a model is exactly 0 from itself) and
+    dot products within one block, from every row to each of the first `num_targets` rows."""
+    targets = block[:num_targets]
+    squared = jax.lax.map(lambda row: jnp.sum(jnp.square(targets - row), axis=1), block)
+    return squared, block @ targets.T
+
+
+class PairwiseSums(NamedTuple):
+    """Squared distances and dot products from every model of some stores to the first `num_targets` of them."""
+
+    squared: np.ndarray
+    dots: np.ndarray
+
+
+def pairwise_sums(stores: Sequence[ZooStore], num_targets: int, block: int) -> PairwiseSums:
+    """The one streamed kernel of the weight-space distances: the stores' models stacked, `block` columns at a time,
+    their per-block sums added in float64, so no store need fit in memory."""
+    num_rows = sum(store.num_models for store in stores)
+    squared, dots = np.zeros((num_rows, num_targets)), np.zeros((num_rows, num_targets))
+    step = partial(_block_sums, num_targets=num_targets)
+    columns = stacked_columns(*(store.columns for store in stores))
+    for _, _, (part_squared, part_dots) in map_column_blocks(step, columns, num_rows, stores[0].dim, block):
+        squared += np.asarray(part_squared)
+        dots += np.asarray(part_dots)
+    return PairwiseSums(squared, dots)
 
 
 class Geometry(NamedTuple):
@@ -115,12 +170,7 @@ class Geometry(NamedTuple):
 
 def geometry(store: ZooStore, others: ZooStore, block: int) -> Geometry:
     """Distances and cosines among all models of `store` then `others`, streamed over column blocks."""
-    num_rows = store.num_models + others.num_models
-    squared, dots = np.zeros((num_rows, num_rows)), np.zeros((num_rows, num_rows))
-    columns = stacked_columns(store.columns, others.columns)
-    for _, _, (part_squared, part_dots) in map_column_blocks(_block_geometry, columns, num_rows, store.dim, block):
-        squared += np.asarray(part_squared)
-        dots += np.asarray(part_dots)
+    squared, dots = pairwise_sums((store, others), store.num_models + others.num_models, block)
     norms = np.sqrt(np.diag(dots))
     return Geometry(np.sqrt(squared), dots / np.maximum(np.outer(norms, norms), np.finfo(np.float64).tiny))
 

@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 
-from dwf_jax.diversity import Geometry, geometry, nearest
+from dwf_jax.diversity import ColumnRange, Geometry, geometry, nearest, pairwise_sums
 from dwf_jax.ensemble import map_models
-from dwf_jax.zoo_store import MemoryZoo, ZooStore, map_column_blocks, stacked_columns
+from dwf_jax.zoo_store import MemoryZoo, ZooStore
 
 PyTree = Any
 # Why a summary is null: its values are each model's nearest other model (or distance to another), of a set of one.
@@ -122,28 +122,12 @@ def summary(values: np.ndarray) -> dict[str, float | str | None]:
     }
 
 
-@partial(jax.jit, static_argnames="num_targets")
-def _block_squared_distances(block: jax.Array, num_targets: int) -> jax.Array:
-    """Squared distances within this block from every row to each of the first `num_targets` rows, one row at a time."""
-    targets = block[:num_targets]
-    return jax.lax.map(lambda row: jnp.sum(jnp.square(targets - row), axis=1), block)
-
-
 def distances_to(targets: ZooStore, others: ZooStore, block: int) -> np.ndarray:
     """Euclidean distances (targets + others, targets) from every model of both stores to each target.
 
-    Streamed in blocks of `block` columns, so neither store need fit in memory. Squared
-    differences are summed block by block (float64 across blocks), never as
-    |a|^2 + |b|^2 - 2ab, so identical models are exactly 0 apart.
+    Streamed in blocks of `block` columns (`diversity.pairwise_sums`), so identical models are exactly 0 apart.
     """
-    num_rows = targets.num_models + others.num_models
-    total = np.zeros((num_rows, targets.num_models))
-    step = partial(_block_squared_distances, num_targets=targets.num_models)
-    for _, _, part in map_column_blocks(
-        step, stacked_columns(targets.columns, others.columns), num_rows, targets.dim, block
-    ):
-        total += np.asarray(part)
-    return np.sqrt(total)
+    return np.sqrt(pairwise_sums((targets, others), targets.num_models, block).squared)
 
 
 class Distances(NamedTuple):
@@ -158,14 +142,16 @@ class Distances(NamedTuple):
 
 
 def zoo_distances(
-    reference: int, original: ZooStore, canonical: ZooStore, generated: ZooStore, block: int
+    reference: int, original: ZooStore, canonical: ZooStore, generated: ZooStore, block: int, params: slice
 ) -> Distances:
-    """The report's distances, streamed over column blocks of the three stores."""
-    num_models = canonical.num_models
+    """The report's distances over the `params` columns (`Flattener.params_columns`: BatchNorm running statistics
+    are no learned weights), streamed over column blocks of the three stores."""
+    num_models, num_params = canonical.num_models, canonical.dim
+    original, canonical, generated = (ColumnRange(store, params) for store in (original, canonical, generated))
     before = distances_to(MemoryZoo(original.read(reference)[None]), original, block)
     among_all = geometry(canonical, generated, block)
     return Distances(
-        num_params=canonical.dim,
+        num_params=num_params,
         to_reference_before=before[1:, 0],
         to_reference_after=among_all.distance[:num_models, reference],
         generated_to_canonical=among_all.distance[num_models:, :num_models],

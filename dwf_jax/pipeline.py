@@ -17,9 +17,8 @@ import numpy as np
 from absl import logging
 
 from dwf_jax import processes, report, stages
-from dwf_jax.config import pca_components, validate_config
+from dwf_jax.config import pca_components
 from dwf_jax.data import Dataset, load_configured
-from dwf_jax.diversity import geometry
 from dwf_jax.evaluate import percent_correct, zoo_distances
 from dwf_jax.flow import Source
 from dwf_jax.flow_stage import flow_source, sample_stage, train_flow_stage
@@ -27,6 +26,7 @@ from dwf_jax.pca import inverse_transform_to_file
 from dwf_jax.session import opened
 from dwf_jax.settings import stage_settings
 from dwf_jax.sharding import split_models
+from dwf_jax.validation import validate_config
 from dwf_jax.workdir import Workdir
 from dwf_jax.zoo_store import Flattener, ZooStore, check_finite, write_rows
 
@@ -182,14 +182,23 @@ def run_stages(config: ml_collections.ConfigDict, dataset: Dataset, work: Workdi
             lambda: stages.baseline_ensembles(config, dataset, canonical, flattener, predict, work, recalibrate_bn),
         )
         store = stages.open_stage(config, work, "baselines", sum(count for _, count in baseline_groups), flattener)
-        compared = report.Baselines(baseline_groups, baselines, geometry(canonical, store, stages.block_size(config)))
+        compared = report.Baselines(
+            baseline_groups, baselines, stages.baseline_geometry(config, canonical, store, flattener)
+        )
     work.running = "report"
     result = report.build_report(
         config=config,
         dataset=dataset,
         original_accuracy=zoo_stage["test_accuracy"],
         canonical_accuracy=canonical_stage["test_accuracy"],
-        distances=zoo_distances(config.canonical.reference, original, canonical, generated, stages.block_size(config)),
+        distances=zoo_distances(
+            config.canonical.reference,
+            original,
+            canonical,
+            generated,
+            stages.block_size(config),
+            flattener.params_columns(),
+        ),
         generated_accuracy=accuracy,
         evidence=evidence,
         baselines=compared,

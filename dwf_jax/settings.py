@@ -31,8 +31,9 @@ STAGE_KEYS = {
 }
 # What a stage stores, for the stages whose contents a dwf_jax version changed: a finished stage of an older
 # layout is refused by name (the run says which stages to delete), never read wrongly. diversity and baselines
-# 2: each model's class probabilities per test example (the per-example Jensen-Shannon divergence).
-STAGE_LAYOUTS = {"diversity": 2, "baselines": 2}
+# 2: each model's class probabilities per test example (the per-example Jensen-Shannon divergence); 3: weight
+# metrics over `params` only, and Zeng et al.'s average and Gaussian baselines.
+STAGE_LAYOUTS = {"diversity": 3, "baselines": 3}
 LAYOUT_KEY = "stage_layout"
 # Keys that change where data comes from or how a stage runs, never its result.
 RESULT_FREE_KEYS = (

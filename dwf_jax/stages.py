@@ -21,7 +21,7 @@ from dwf_jax.augment import input_pipeline
 from dwf_jax.canonical import align_models
 from dwf_jax.config import pca_components
 from dwf_jax.data import Dataset
-from dwf_jax.diversity import weight_quantiles
+from dwf_jax.diversity import ColumnRange, Geometry, geometry, weight_quantiles
 from dwf_jax.evaluate import ensemble_accuracy, ensemble_predictions, percent_correct
 from dwf_jax.models import attention_head_groups, build_model, model_initializer, permutation_spec
 from dwf_jax.workdir import Workdir
@@ -103,14 +103,15 @@ def store_evidence(
     statistics: PyTree = None,
 ) -> dict:
     """What the diversity metrics read of an ensemble: its errors, its predicted class probabilities per test
-    example and on average, and the quantiles of `weights` (the same models, canonicalized for the originals)."""
+    example and on average, and the quantiles of `weights` (the same models, canonicalized for the originals; their
+    `params` only, as every weight metric)."""
     parts = [predict(variables) for variables in _stacked_groups(store, flattener, group, statistics)]
     probabilities = np.concatenate([probabilities for _, probabilities in parts])
     return {
         "wrong": np.concatenate([wrong for wrong, _ in parts]),
         "class_distribution": probabilities.mean(axis=1, dtype=np.float64),
         "probabilities": probabilities,
-        "quantiles": weight_quantiles(weights),
+        "quantiles": weight_quantiles(ColumnRange(weights, flattener.params_columns())),
     }
 
 
@@ -266,11 +267,26 @@ def recalibrate(config: ml_collections.ConfigDict, dataset: Dataset, store: ZooS
     return {"batch_stats": concatenate(parts)}
 
 
+def average_size(config: ml_collections.ConfigDict) -> int:
+    """Originals per average (Zeng et al.'s K): a zoo smaller than `baselines.average_of` averages all its models."""
+    return min(config.baselines.average_of, config.zoo.num_models)
+
+
+def gaussian_count(config: ml_collections.ConfigDict) -> int:
+    """Models drawn from the zoo's per-weight Gaussian: `baselines.gaussian`, -1 for as many as the zoo."""
+    return config.zoo.num_models if config.baselines.gaussian == -1 else config.baselines.gaussian
+
+
 def baseline_groups(config: ml_collections.ConfigDict) -> list[tuple[str, int]]:
-    """(name, number of models) of each baseline ensemble, in the order of the baselines stage's rows."""
-    b = config.baselines
-    groups = [(f"noise_std_{std:g}", config.zoo.num_models) for std in b.noise_stds]
-    return groups + ([(f"mixtures_of_{b.mix}", b.mixtures)] if b.mixtures else [])
+    """(name, number of models) of each baseline ensemble, in the order of the baselines stage's rows.
+
+    Every ensemble but the mixtures has as many models as the zoo it is compared with.
+    """
+    b, num_models = config.baselines, config.zoo.num_models
+    groups = [(f"noise_std_{std:g}", num_models) for std in b.noise_stds]
+    groups += [(f"mixtures_of_{b.mix}", b.mixtures)] if b.mixtures else []
+    groups += [(f"average_of_{average_size(config)}", num_models)] if b.average_of else []
+    return groups + ([("gaussian", gaussian_count(config))] if gaussian_count(config) else [])
 
 
 def baseline_ensembles(
@@ -282,16 +298,31 @@ def baseline_ensembles(
     work: Workdir,
     recalibrate_bn: bool,
 ) -> PyTree:
-    """Every baseline ensemble into one file (rows in `baseline_groups` order), evaluated like the generated one."""
+    """Every baseline ensemble into one file (rows in `baseline_groups` order), evaluated like the generated one.
+
+    Noise and the Gaussian move the `params` columns only; each ensemble's BatchNorm statistics are then
+    recalibrated like every other ensemble's when `recalibrate_bn`.
+    """
     b, key = config.baselines, keys.stage_key(config.seed, "baselines")
+    params, num_models = flattener.params_columns(), canonical.num_models
     parts = [
-        baselines.noisy(canonical, std, jax.random.fold_in(key, number)) for number, std in enumerate(b.noise_stds)
+        baselines.noisy(canonical, std, jax.random.fold_in(key, number), params)
+        for number, std in enumerate(b.noise_stds)
     ]
     if b.mixtures:
         plan = baselines.mixture_plan(
             jax.random.fold_in(key, len(b.noise_stds)), canonical.num_models, b.mixtures, b.mix
         )
         parts.append(baselines.mixtures(canonical, *plan))
+    if b.average_of:
+        chosen = baselines.subsets(
+            jax.random.fold_in(key, len(b.noise_stds) + 1), num_models, num_models, average_size(config)
+        )
+        parts.append(baselines.averages(canonical, chosen))
+    if gaussian_count(config):
+        moments = baselines.coordinate_moments(canonical, block_size(config))
+        draws = jax.random.fold_in(key, len(b.noise_stds) + 2)
+        parts.append(baselines.gaussian(moments, gaussian_count(config), draws, params))
     store = work.write_matrix("baselines", itertools.chain(*parts))
     statistics = recalibrate(config, dataset, store, flattener) if recalibrate_bn else None
     group = config.zoo.models_per_chunk
@@ -300,3 +331,11 @@ def baseline_ensembles(
     if dataset.regression:  # the errors are errors of sign; the score is Spearman's, as for every other ensemble
         score = store_accuracy(evaluator(config, dataset), store, flattener, group, statistics)
     return {"accuracy": score, **evidence}
+
+
+def baseline_geometry(
+    config: ml_collections.ConfigDict, canonical: ZooStore, store: ZooStore, flattener: Flattener
+) -> Geometry:
+    """Distances and cosines among the canonical originals then every baseline model, over their `params` columns."""
+    params = flattener.params_columns()
+    return geometry(ColumnRange(canonical, params), ColumnRange(store, params), block_size(config))

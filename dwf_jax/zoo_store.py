@@ -255,6 +255,20 @@ class Flattener:
         """`template`: one model's variables, as arrays or `jax.ShapeDtypeStruct`s."""
         flat, self._unravel = ravel_pytree(jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), template))
         self.dim = int(flat.size)
+        self._leaves = [(path[0], int(np.prod(leaf.shape))) for path, leaf in jax.tree.leaves_with_path(template)]
+
+    def params_columns(self) -> slice:
+        """The columns of the `params` collection, one range: rows follow the sorted collections (`batch_stats`
+        before `params`), so the weight metrics can leave BatchNorm running statistics out."""
+        leaves = [
+            number
+            for number, (collection, _) in enumerate(self._leaves)
+            if collection == jax.tree_util.DictKey("params")
+        ]
+        if not leaves:
+            raise ValueError("these variables have no `params` collection")
+        offsets = np.cumsum([0] + [size for _, size in self._leaves])
+        return slice(int(offsets[leaves[0]]), int(offsets[leaves[-1] + 1]))
 
     def flatten(self, variables: PyTree) -> np.ndarray:
         """One model's variables as a (D,) float32 row."""

@@ -21,7 +21,8 @@ from experiments import common
 def main_command(config: ml_collections.ConfigDict, config_file: str, keys: Sequence[str]) -> str:
     """The `python -m dwf_jax.main` command that computes the same run: `keys` are the settings that differ."""
     values = {key: config[key.split(".")[0]][key.split(".")[1]] for key in ("data.dir", *keys, "canonical.method")}
-    values["baselines.noise_stds"], values["baselines.mixtures"] = "()", 0
+    values.update({"baselines.noise_stds": "()", "baselines.mixtures": 0, "baselines.average_of": 0})
+    values["baselines.gaussian"] = 0
     return f"python -m dwf_jax.main --config={config_file} " + " ".join(
         f"--config.{key}={value}" for key, value in values.items()
     )
@@ -39,7 +40,9 @@ def run_methods(
     for method in methods:
         config = make_config(method)
         config.canonical.method = method
-        config.baselines.update(noise_stds=(), mixtures=0)  # the baselines are measured on the MLP zoos
+        config.baselines.update(
+            noise_stds=(), mixtures=0, average_of=0, gaussian=0
+        )  # the baselines are measured on the MLP zoos
         workdir = workdir_stem.with_name(f"{workdir_stem.name}_{method}")
         if zoo_source is not None:
             dataset = load_configured(config.data)

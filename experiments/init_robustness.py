@@ -50,7 +50,7 @@ def run_config(init_scheme: str, method: str):
     config.model.init_scheme = init_scheme
     config.canonical.method = method
     config.flow.iterations = FLAGS.flow_iterations
-    config.baselines.update(noise_stds=(), mixtures=0)  # baselines are measured elsewhere
+    config.baselines.update(noise_stds=(), mixtures=0, average_of=0, gaussian=0)  # baselines are measured elsewhere
     return config
 
 

@@ -41,7 +41,7 @@ KNOBS = {
 
 def knob_config(overrides: dict):
     config = table17_mnist.variant_config("rebasin")
-    config.baselines.update(noise_stds=(), mixtures=0)
+    config.baselines.update(noise_stds=(), mixtures=0, average_of=0, gaussian=0)
     for key, value in overrides.items():
         section, field = key.split(".")
         config[section][field] = value

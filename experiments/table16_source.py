@@ -46,7 +46,7 @@ def run_config(hidden: int, source: str, method: str):
     config.data.dir = FLAGS.data_dir
     config.canonical.method = method
     config.flow.update(hidden=hidden, iterations=FLAGS.flow_iterations, source=source)
-    config.baselines.update(noise_stds=(), mixtures=0)  # baselines are measured in table17
+    config.baselines.update(noise_stds=(), mixtures=0, average_of=0, gaussian=0)  # baselines are measured in table17
     return config
 
 

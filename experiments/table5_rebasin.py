@@ -69,7 +69,7 @@ def run_config(name: str, hidden: int, space: str, method: str):
         config.pca.components = int(components)
     config.flow.hidden = hidden
     config.flow.iterations = FLAGS.flow_iterations
-    config.baselines.update(noise_stds=(), mixtures=0)  # baselines are measured elsewhere
+    config.baselines.update(noise_stds=(), mixtures=0, average_of=0, gaussian=0)  # baselines are measured elsewhere
     return config
 
 

@@ -92,9 +92,14 @@ def resumed_across_processes(root: pathlib.Path) -> None:
     np.savez(root / f"resumed_{jax.process_index()}.npz", **arrays)
 
 
-def pipeline_across_processes(root: pathlib.Path) -> None:
+def pipeline_config():
     config = mlp_config()
     config.zoo.num_models = 4  # split evenly; the 5 samples are padded
+    return config
+
+
+def pipeline_across_processes(root: pathlib.Path) -> None:
+    config = pipeline_config()
     reports = [pipeline.run(config, root / "run", progress=False) for _ in range(2)]
     (root / f"reports_{jax.process_index()}.json").write_text(json.dumps(reports))
 

@@ -1,4 +1,7 @@
+import pathlib
 import re
+import subprocess
+import sys
 
 import ml_collections
 import pytest
@@ -11,8 +14,9 @@ import configs.resnet20
 import configs.smallcnn
 import configs.vit_small
 from dwf_jax import report
-from dwf_jax.config import base_config, pca_components, validate_config
+from dwf_jax.config import base_config, pca_components
 from dwf_jax.models import model_config
+from dwf_jax.validation import validate_config
 
 
 @pytest.mark.parametrize(
@@ -100,6 +104,8 @@ BAD_VALUES = [
     ({"baselines.mixtures": -1}, "baselines.mixtures=-1 must be >= 0"),
     ({"baselines.mix": 1}, "baselines.mix=1 must be in [2, zoo.num_models = 100]"),
     ({"baselines.mix": 101}, "baselines.mix=101 must be in [2, zoo.num_models = 100]"),
+    ({"baselines.average_of": -1}, "baselines.average_of=-1 must be >= 0"),
+    ({"baselines.gaussian": -2}, "baselines.gaussian=-2 must be >= -1"),
 ]
 
 
@@ -137,6 +143,8 @@ def test_each_bad_value_is_next_to_a_good_one(overrides, _):
         "eval.batch_size": 1,
         "baselines.noise_stds": (0.0,),
         "baselines.mixtures": 0,
+        "baselines.average_of": 0,
+        "baselines.gaussian": -1,
         "baselines.mix": 100 if overrides.get("baselines.mix", 0) > 2 else 2,
         "canonical.reference": 0,
         "canonical.max_iter": 1,
@@ -226,3 +234,19 @@ def test_missing_unknown_and_wrongly_typed_keys_are_named():
         validate_config(_as_plain_config(config, model=model))
     zoo = {**config.zoo.to_dict(), "learning_rate": 1}  # an int where a float is expected is fine
     validate_config(_as_plain_config(config, zoo=zoo))
+
+
+def test_loading_a_config_imports_only_ml_collections():
+    """configs/*.py read by absl's config_flags pull in no jax, flax or orbax (a config loads in milliseconds)."""
+    names = sorted(path.stem for path in pathlib.Path("configs").glob("*.py") if path.stem != "__init__")
+    probe = (
+        "import importlib, sys\n"
+        f"for name in {names!r}:\n"
+        "    importlib.import_module(f'configs.{name}').get_config()\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'jax', 'jaxlib', 'flax', 'orbax', 'optax'})\n"
+        "assert not heavy, heavy\n"
+    )
+    root = pathlib.Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(names) >= 7

@@ -6,8 +6,9 @@ import pytest
 from scipy.spatial.distance import jensenshannon
 from scipy.special import softmax
 from scipy.stats import wasserstein_distance
+from tiny_runs import batchnorm_zoo
 
-from dwf_jax import diversity, permutations
+from dwf_jax import diversity, evaluate, permutations
 from dwf_jax.data import load_dataset
 from dwf_jax.evaluate import ensemble_predictions
 from dwf_jax.models import MLP
@@ -113,3 +114,37 @@ def test_a_permuted_twin_is_the_same_model_to_every_metric():
     shape = diversity.geometry(canonical, MemoryZoo(np.stack([flattener.flatten(aligned)])), block=64)
     assert shape.distance[0, 1] == pytest.approx(0.0, abs=1e-5) and shape.cosine[0, 1] == pytest.approx(1.0, abs=1e-6)
     assert shape.distance[0, 1] < 1e-3 * np.linalg.norm(flattener.flatten(variables))
+
+
+def test_batchnorm_statistics_are_no_weights_to_the_weight_metrics():
+    """L2, cosine, Wasserstein and novelty compare the learned weights: running statistics moved alone change none."""
+    flattener, zoo = batchnorm_zoo(4)
+    rows = [flattener.unflatten(row) for row in zoo.as_array()]
+    moved = MemoryZoo(
+        np.stack(
+            [
+                flattener.flatten(
+                    {**row, "batch_stats": jax.tree.map(lambda leaf: 3.0 * leaf + 1.0, row["batch_stats"])}
+                )
+                for row in rows
+            ]
+        )
+    )
+    assert not np.array_equal(moved.as_array(), zoo.as_array())
+    params = flattener.params_columns()
+    before, after = (evaluate.zoo_distances(0, store, store, store, 64, params) for store in (zoo, moved))
+    for field in ("to_reference_before", "generated_to_canonical", "canonical_to_canonical"):
+        np.testing.assert_array_equal(getattr(before, field), getattr(after, field))
+    np.testing.assert_array_equal(before.among_all.cosine, after.among_all.cosine)
+    quantiles = [diversity.weight_quantiles(diversity.ColumnRange(store, params)) for store in (zoo, moved)]
+    np.testing.assert_array_equal(*quantiles)
+    assert before.num_params == zoo.dim  # the model's size still counts its statistics
+
+
+@pytest.mark.parametrize("block", [5, 64])
+def test_geometry_and_distances_to_give_the_same_l2(block):
+    """One streamed kernel under both: the same stores, the same distances to the last bit."""
+    rng = np.random.default_rng(3)
+    first, second = (MemoryZoo(rng.normal(size=(count, 70)).astype(np.float32)) for count in (3, 4))
+    shape = diversity.geometry(first, second, block)
+    np.testing.assert_array_equal(evaluate.distances_to(first, second, block), shape.distance[:, :3])

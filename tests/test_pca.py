@@ -7,7 +7,8 @@ import pytest
 from sklearn.decomposition import IncrementalPCA
 
 from dwf_jax import pca
-from dwf_jax.config import base_config, validate_config
+from dwf_jax.config import base_config
+from dwf_jax.validation import validate_config
 from dwf_jax.zoo_store import FileZoo, MemoryZoo, write_rows
 
 

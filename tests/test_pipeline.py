@@ -25,7 +25,7 @@ def _tiny_config():
     config.zoo.update(num_models=6, epochs=20, models_per_chunk=4)
     config.flow.update(iterations=300, hidden=32, steps_per_dispatch=100, checkpoint_every=150, batch_size=4)
     config.sample.update(num_samples=5, steps=10)
-    config.baselines.update(noise_stds=(0.0, 0.1), mixtures=4)
+    config.baselines.update(noise_stds=(0.0, 0.1), mixtures=4, average_of=3, gaussian=5)
     return config
 
 
@@ -64,7 +64,10 @@ def test_report_schema(finished_run):
 def test_baselines_are_the_originals_moved_by_noise_or_mixed(finished_run):
     """Noise of size 0 gives back every original (its own copy is its nearest original, sharing all errors)."""
     _, result = finished_run
-    assert list(result["baselines"]) == ["noise_std_0", "noise_std_0.1", "mixtures_of_2"]
+    assert list(result["baselines"]) == ["noise_std_0", "noise_std_0.1", "mixtures_of_2", "average_of_3", "gaussian"]
+    assert [len(result["baselines"][name]["per_model"]) for name in ("average_of_3", "gaussian")] == [6, 5]
+    averages = result["baselines"]["average_of_3"]["diversity"]["nearest_l2"]["baseline_to_original"]
+    assert 0 < averages["min"] < result["diversity"]["nearest_l2"]["original_to_original"]["mean"]
     copies = result["baselines"]["noise_std_0"]
     assert copies["per_model"] == result["original"]["per_model"]
     assert copies["diversity"]["nearest_l2"]["baseline_to_original"]["max"] == 0.0

@@ -9,12 +9,13 @@ from tarfiles import write_tiny_cifar10
 
 import configs.iris_mlp as iris_config
 import configs.smallcnn as smallcnn_config
-from dwf_jax import pca, pipeline
+from dwf_jax import pca, pipeline, stages
 from dwf_jax.checkpoints import CheckpointError, restore_tree
-from dwf_jax.config import validate_config
 from dwf_jax.evaluate import distances_to
+from dwf_jax.models import build_model
+from dwf_jax.validation import validate_config
 from dwf_jax.workdir import MATRIX_FILES
-from dwf_jax.zoo_store import MemoryZoo, write_rows
+from dwf_jax.zoo_store import Flattener, MemoryZoo, open_file, write_rows
 from experiments import stage_readers
 
 STAGES = {
@@ -228,3 +229,25 @@ def test_diversity_evidence_is_that_of_the_evaluated_models(runs):
         accuracy = 100.0 * (1.0 - evidence[group]["wrong"].mean(axis=1))
         np.testing.assert_allclose(accuracy, restore_tree(workdirs[True] / stage)[key], atol=1e-4, err_msg=group)
         np.testing.assert_allclose(evidence[group]["class_distribution"].sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_baselines_leave_batchnorm_statistics_to_recalibration(runs):
+    """Noised originals keep their statistics exactly, an average those of its originals, the Gaussian the zoo's."""
+    case, data_dir, workdirs, results, _ = runs
+    if case != "cnn":
+        pytest.skip("the MLP has no BatchNorm")
+    config = _config(case, data_dir, True)
+    groups = stages.baseline_groups(config)
+    assert [name for name, _ in groups] == list(results[True]["baselines"])
+    assert [name for name, _ in groups][-2:] == ["average_of_3", "gaussian"]  # K = 16 > 3: the whole zoo
+    template = build_model(config.model).init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
+    flattener, num_models = Flattener(template), config.zoo.num_models
+    canonical = open_file(workdirs[True] / "canonical.f32", num_models, flattener.dim).as_array()
+    rows = open_file(workdirs[True] / "baselines.f32", sum(count for _, count in groups), flattener.dim).as_array()
+    statistics = slice(0, flattener.params_columns().start)  # batch_stats sort before params
+    assert statistics.stop == 128
+    noised = rows[: 2 * num_models, statistics]
+    np.testing.assert_array_equal(noised, np.tile(canonical[:, statistics], (2, 1)))
+    average = canonical.mean(axis=0, dtype=np.float64).astype(np.float32)
+    np.testing.assert_array_equal(rows[-2 * num_models : -num_models], np.tile(average, (num_models, 1)))
+    np.testing.assert_allclose(rows[-num_models:, statistics], np.tile(average[statistics], (num_models, 1)), rtol=1e-6)

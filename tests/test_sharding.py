@@ -16,10 +16,12 @@ import sys
 import jax
 import numpy as np
 import pytest
-from sharded_runs import NUM_MODELS, mlp_config
+from sharded_runs import NUM_MODELS, mlp_config, pipeline_config
 
+import configs.iris_mlp as iris_config
 from dwf_jax import pipeline
 from dwf_jax.checkpoints import restore_tree
+from dwf_jax.config import config_as_dict, flatten
 from dwf_jax.sharding import model_mesh, pad_models, padded_count
 from dwf_jax.workdir import MATRIX_FILES
 
@@ -148,20 +150,43 @@ def _without_timings(reports: list[dict]) -> list[dict]:
     return [{key: value for key, value in report.items() if key != "timings"} for report in reports]
 
 
-def test_two_processes_run_the_pipeline_in_one_workdir(tmp_path):
-    """Two processes of one device run the CLI pipeline into one workdir (the first writes): the report equals
-    one process of two devices, bitwise, and a second run loads every stage to the same report."""
-    (tmp_path / "two").mkdir()
-    (tmp_path / "one").mkdir()
-    _two_processes("pipeline", tmp_path / "two")
-    _run_worker(["pipeline", str(tmp_path / "one"), "0", "1", "0"], devices=2, cwd=tmp_path / "one")
-    expected = _without_timings(json.loads((tmp_path / "one" / "reports_0.json").read_text()))
-    assert expected[0] == expected[1]
-    for process in range(2):
-        assert _without_timings(json.loads((tmp_path / "two" / f"reports_{process}.json").read_text())) == expected
-    written = json.loads((tmp_path / "two" / "run" / "report.json").read_text())
-    assert _without_timings([written]) == expected[:1]
-    assert not (tmp_path / "two" / "run" / "zoo_chunks").exists()
+def _cli_flags(config) -> list[str]:
+    """`--config.KEY=VALUE` for every key where `config` differs from configs/iris_mlp.py."""
+    given, shipped = (flatten(config_as_dict(c)) for c in (config, iris_config.get_config()))
+    values = {key: tuple(value) if isinstance(value, list) else value for key, value in given.items()}
+    return [f"--config.{key}={value}" for key, value in values.items() if given[key] != shipped[key]]
+
+
+def test_two_processes_run_the_command_line_pipeline_in_one_workdir(tmp_path):
+    """`python -m dwf_jax.main --coordinator_address --num_processes --process_id` in two processes of one
+    device each, one workdir (the first writes): the report equals one process of two devices, bitwise, and
+    the same command again loads every stage to the same report."""
+    _run_worker(["pipeline", str(tmp_path), "0", "1", "0"], devices=2, cwd=tmp_path)
+    expected = _without_timings(json.loads((tmp_path / "reports_0.json").read_text()))[0]
+    workdir, reports = tmp_path / "cli", []
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "DWF_CACHE_DIR": str(tmp_path)}
+    for _ in range(2):
+        port = _free_port()
+        command = [sys.executable, "-m", "dwf_jax.main", "--config=configs/iris_mlp.py", f"--workdir={workdir}"]
+        command += ["--noprogress", f"--coordinator_address=localhost:{port}", "--num_processes=2"]
+        command += _cli_flags(pipeline_config())
+        workers = [
+            subprocess.Popen(
+                [*command, f"--process_id={i}"],
+                cwd=TESTS.parent,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for i in range(2)
+        ]
+        outputs = [worker.communicate(timeout=300)[0] for worker in workers]
+        assert [worker.returncode for worker in workers] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+        assert "report:" in outputs[0] and "report:" not in outputs[1]  # the writer prints the summary
+        reports.append(_without_timings([json.loads((workdir / "report.json").read_text())])[0])
+    assert reports == [expected, expected]
+    assert not (workdir / "zoo_chunks").exists()
 
 
 def test_padding_repeats_the_last_model_and_fits_the_mesh():

@@ -109,12 +109,12 @@ def test_a_stage_of_an_older_layout_is_refused_by_name(workdir):
     the run names it and what to delete, and changes nothing."""
     config = tiny_config()
     recorded = stage_settings(config, "fingerprint")["diversity"]
-    assert recorded["stage_layout"] == 2
+    assert recorded["stage_layout"] == 3
     older = {key: value for key, value in recorded.items() if key != "stage_layout"}
-    assert differences(older, recorded) == ["stage_layout: None -> 2"]
+    assert differences(older, recorded) == ["stage_layout: None -> 3"]
     manifest_path = workdir / "diversity" / "dwf_manifest.json"
     manifest = json.loads(manifest_path.read_text())
     del manifest["settings"]["stage_layout"]
     manifest_path.write_text(json.dumps(manifest))
-    expected = r"stage diversity .* other settings \(stage_layout: None -> 2\); delete diversity"
+    expected = r"stage diversity .* other settings \(stage_layout: None -> 3\); delete diversity"
     refused(workdir, WorkdirConfigMismatch, expected, lambda: pipeline.run(config, workdir, progress=False))

@@ -9,9 +9,9 @@ from textfiles import rated_sentences, write_vader_archive
 
 import configs.bert
 from dwf_jax import pipeline, text
-from dwf_jax.config import validate_config
 from dwf_jax.data import DatasetNotFoundError, load_dataset
 from dwf_jax.evaluate import spearman
+from dwf_jax.validation import validate_config
 
 
 @pytest.fixture(scope="module")

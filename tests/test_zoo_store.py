@@ -123,3 +123,18 @@ def test_streamed_dual_pca_from_a_zoo_file_matches_the_in_memory_fit(tmp_path):
     np.testing.assert_allclose(streamed.explained_variance, in_memory.explained_variance, rtol=1e-4)
     reconstructed = pca.inverse_transform(streamed, pca.transform(streamed, weights))
     np.testing.assert_allclose(reconstructed, weights, atol=1e-4)
+
+
+def test_params_columns_are_exactly_the_params_collection():
+    """Only the learned weights, never BatchNorm running statistics (what the weight metrics and noise read)."""
+    template = SmallCNN(widths=(2, 3), hidden_width=4, num_classes=3).init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    flattener = Flattener(template)
+    marked = flattener.flatten(
+        {
+            "batch_stats": jax.tree.map(jnp.zeros_like, template["batch_stats"]),
+            "params": jax.tree.map(jnp.ones_like, template["params"]),
+        }
+    )
+    np.testing.assert_array_equal(np.flatnonzero(marked), np.arange(flattener.dim)[flattener.params_columns()])
+    assert flattener.params_columns().start == 2 * (2 + 3)  # a mean and a variance per channel first
+    assert Flattener({"params": template["params"]}).params_columns() == slice(0, flattener.dim - 10)

@@ -3,6 +3,8 @@
 import hashlib
 import pathlib
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -10,7 +12,8 @@ import configs.iris_mlp as iris_config
 from dwf_jax import pipeline, zoo
 from dwf_jax.augment import input_pipeline
 from dwf_jax.data import load_dataset
-from dwf_jax.models import MLP
+from dwf_jax.models import MLP, SmallCNN
+from dwf_jax.zoo_store import Flattener, MemoryZoo
 
 
 def tiny_config():
@@ -54,3 +57,17 @@ def refused(workdir: pathlib.Path, error: type, match: str, run=None) -> None:
     with pytest.raises(error, match=match):
         (run or (lambda: pipeline.run(tiny_config(), workdir, progress=False)))()
     assert (snapshot(workdir) if workdir.exists() else {}) == before
+
+
+def batchnorm_zoo(num_models: int, seed: int = 0) -> tuple[Flattener, MemoryZoo]:
+    """Random variables of a tiny BatchNorm CNN (positive running variances), flattened into a zoo."""
+    template = SmallCNN(widths=(2, 3), hidden_width=4, num_classes=3).init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    flattener, rng = Flattener(template), np.random.default_rng(seed)
+
+    def one_model() -> dict:
+        return {
+            "params": jax.tree.map(lambda leaf: rng.normal(size=leaf.shape), template["params"]),
+            "batch_stats": jax.tree.map(lambda leaf: rng.uniform(0.1, 2.0, leaf.shape), template["batch_stats"]),
+        }
+
+    return flattener, MemoryZoo(np.stack([flattener.flatten(one_model()) for _ in range(num_models)]))

@@ -1,13 +1,11 @@
 """Flax linen models whose variables are plain pytrees (vmappable over a zoo)."""
 
+from dwf_jax.config import MODEL_FIELDS, MODEL_NAMES, model_config
 from dwf_jax.models.cnn import SmallCNN
 from dwf_jax.models.mlp import INIT_SCHEMES, MIXED, MLP, scheme_of_model
 from dwf_jax.models.registry import (
-    MODEL_FIELDS,
-    MODEL_NAMES,
     attention_head_groups,
     build_model,
-    model_config,
     model_initializer,
     output_width,
     permutation_spec,

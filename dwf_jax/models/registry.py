@@ -8,6 +8,7 @@ import jax
 import ml_collections
 
 from dwf_jax import permutations
+from dwf_jax.config import MODEL_FIELDS, MODEL_NAMES
 from dwf_jax.models.bert import Bert
 from dwf_jax.models.cnn import SmallCNN
 from dwf_jax.models.mlp import INIT_SCHEMES, MIXED, MLP, scheme_of_model
@@ -21,37 +22,7 @@ from dwf_jax.models.specs import (
 )
 from dwf_jax.models.vit import ViT
 
-# Each architecture's config fields beside `name`, with their defaults.
-MODEL_FIELDS: dict[str, dict[str, Any]] = {
-    "mlp": {"features": (16, 3), "init_scheme": "kaiming_zero_bias"},
-    "smallcnn": {},
-    "resnet20": {},
-    "resnet18": {},
-    "vit_small": {"patch": 4, "dim": 192, "depth": 6, "heads": 3, "mlp_ratio": 4, "dropout": 0.1},
-    "bert": {
-        "vocab_size": 30522,
-        "hidden": 768,
-        "layers": 12,
-        "heads": 12,
-        "intermediate": 3072,
-        "max_length": 128,
-        "dropout": 0.1,
-    },
-}
-MODEL_NAMES = tuple(MODEL_FIELDS)
 TRANSFORMERS = {"vit_small": ViT, "bert": Bert}  # built from exactly their MODEL_FIELDS
-
-
-def model_config(name: str, **fields: Any) -> ml_collections.ConfigDict:
-    """`config.model` for one architecture: its name and only the fields it reads."""
-    if name not in MODEL_FIELDS:
-        raise ValueError(f"unknown model {name!r}; choose one of {list(MODEL_NAMES)}")
-    unknown = sorted(set(fields) - set(MODEL_FIELDS[name]))
-    if unknown:
-        raise ValueError(
-            f"model {name!r} has no field {unknown[0]!r}; its fields: {sorted(MODEL_FIELDS[name]) or 'none'}"
-        )
-    return ml_collections.ConfigDict({"name": name, **MODEL_FIELDS[name], **fields})
 
 
 def build_model(model_config: ml_collections.ConfigDict) -> nn.Module:
