@@ -98,28 +98,6 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_two_processes_train_one_zoo(tmp_path):
-    """jax.distributed joins two processes of one device each; their zoos equal one process's."""
-    port = _free_port()
-    workers = [
-        _run_worker(["zoo", str(tmp_path / f"process_{i}.npz"), str(i), "2", str(port)], 1, tmp_path, wait=False)
-        for i in range(2)
-    ]
-    for worker in workers:
-        _finished(worker)
-    _run_worker(["zoo", str(tmp_path / "two_devices.npz"), "0", "1", "0"], devices=2, cwd=tmp_path)
-    _run_worker(["zoo", str(tmp_path / "one_device.npz"), "0", "1", "0"], devices=1, cwd=tmp_path)
-    first, second, two_devices, one_device = (
-        np.load(tmp_path / f"{name}.npz") for name in ("process_0", "process_1", "two_devices", "one_device")
-    )
-    assert int(first["devices"]) == 2 and first["leaf_5_0"].shape[0] == 5 and first["leaf_4_0"].shape[0] == 4
-    for name in first.files:
-        np.testing.assert_array_equal(second[name], first[name])  # every process holds the whole zoo
-        np.testing.assert_array_equal(two_devices[name], first[name])  # the same computation: bitwise
-        if name != "devices":
-            np.testing.assert_allclose(one_device[name], first[name], **TOLERANCE)
-
-
 def _two_processes(mode: str, root: pathlib.Path) -> None:
     port = _free_port()
     workers = [_run_worker([mode, str(root), str(i), "2", str(port)], 1, root, wait=False) for i in range(2)]
@@ -128,8 +106,9 @@ def _two_processes(mode: str, root: pathlib.Path) -> None:
 
 
 def test_each_process_saves_and_resumes_its_own_models(tmp_path):
-    """Zoo checkpoints across two processes: each holds its rows of the padded model axis, and a resume
-    continues from them (step 2 is not written again) to the zoo of an uninterrupted run."""
+    """Two processes joined by jax.distributed train zoos of 5 (padded) and 4 models, each process saving only
+    its rows of the padded model axis; a resume continues from them (step 2 is not written again) to the zoo
+    of an uninterrupted run in one process of two devices, bitwise."""
     _two_processes("resume", tmp_path)
     _run_worker(["zoo", str(tmp_path / "straight.npz"), "0", "1", "0"], devices=2, cwd=tmp_path)
     shares = [tmp_path / "saves" / f"process_{i}_of_2" / f"models_{NUM_MODELS}" for i in range(2)]
