@@ -93,10 +93,6 @@ class WriterCheckpoints:
         if is_writer():
             self.saves.save(step, state)
 
-    def wait(self) -> None:
-        if is_writer():
-            self.saves.wait()
-
     def restore_latest(self, target: PyTree) -> tuple[int, PyTree] | None:
         restored = writer_does(lambda: self.saves.restore_latest(target))
         step = int(multihost_utils.broadcast_one_to_all(np.int64(-1 if restored is None else restored[0])))
@@ -129,9 +125,6 @@ class ShareCheckpoints:
 
     def save(self, step: int, state: PyTree) -> None:
         self.saves.save(step, self._share(state))
-
-    def wait(self) -> None:
-        self.saves.wait()
 
     def restore_latest(self, target: PyTree) -> tuple[int, PyTree] | None:
         """The newest step every process can restore (None if one has none: all start over), gathered."""
