@@ -16,11 +16,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from dwf_jax import pipeline, processes, report
-from dwf_jax.checkpoints import CheckpointError, NotEnoughSpace
+from dwf_jax.commands import INPUT_ERRORS, INTERRUPTED, use_deterministic_gpu_ops
 from dwf_jax.durable import full_disk_cause
-from dwf_jax.session import WorkdirBusy
 from dwf_jax.workdir import REPORT_FILE
-from dwf_jax.zoo_store import NonFiniteWeights
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where stages and report.json go (default: workdirs/<config name>).")
@@ -33,20 +31,6 @@ flags.DEFINE_integer("num_processes", 1, "How many processes the run has (with -
 flags.DEFINE_integer("process_id", 0, "This process's number, 0..num_processes-1 (with --coordinator_address).")
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/iris_mlp.py.", lock_config=True)
 flags.mark_flags_as_required(["config"])
-
-# Errors that describe bad input; they are printed as one line, without a traceback.
-INPUT_ERRORS = (
-    ValueError,
-    FileNotFoundError,
-    PermissionError,
-    CheckpointError,
-    NotEnoughSpace,
-    NonFiniteWeights,
-    FloatingPointError,
-    WorkdirBusy,
-    processes.WriterFailed,
-)
-INTERRUPTED = 130  # the shell's status for a process ended by SIGINT
 
 
 class ConfigFileError(Exception):
@@ -179,14 +163,6 @@ def default_workdir(config_filename: str) -> pathlib.Path:
             f"config file {config_filename} gives no folder name for the default workdir; pass --workdir"
         )
     return pathlib.Path("workdirs") / name
-
-
-def use_deterministic_gpu_ops() -> None:
-    """Same config and seed, same numbers on a GPU too: XLA otherwise picks kernels (atomics, autotuned
-    convolutions) whose results vary from run to run. Takes effect before the first computation."""
-    flags_now = os.environ.get("XLA_FLAGS", "")
-    if "xla_gpu_deterministic_ops" not in flags_now:
-        os.environ["XLA_FLAGS"] = f"{flags_now} --xla_gpu_deterministic_ops=true".strip()
 
 
 def main(argv: list[str]) -> None:

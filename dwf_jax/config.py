@@ -27,8 +27,13 @@ MODEL_FIELDS: dict[str, dict[str, Any]] = {
         "intermediate": 3072,
         "max_length": 128,
         "dropout": 0.1,
+        # A Hugging Face BERT checkpoint (a save_pretrained folder or its weight file) every zoo model starts from,
+        # as the paper's zoo fine-tunes BERT-Base; the files' checksums become the zoo's settings. Empty: random.
+        "pretrained": "",
     },
 }
+# Model fields that say how a zoo's models start, not what the module is.
+INIT_FIELDS = ("pretrained",)
 MODEL_NAMES = tuple(MODEL_FIELDS)
 
 
@@ -77,6 +82,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.zoo.scan_steps = True  # one lax.scan per epoch; False: one dispatch per minibatch (CNNs on CPU)
     config.zoo.compute_dtype = "float32"  # bfloat16: forward and backward in bf16, float32 weights (mixed precision)
     config.zoo.on_disk = False  # zoo-sized arrays as files in the workdir, never all in memory (needs pca.method dual)
+    # A folder of trained nets (.safetensors or PyTorch .pt state_dicts, one per model, in PyTorch layout) that
+    # replaces zoo training: its first zoo.num_models files in natural order; the files' checksums become the zoo
+    # stage's settings. Empty: train the zoo.
+    config.zoo.source = ""
 
     config.canonical = ml_collections.ConfigDict()
     config.canonical.method = "rebasin"

@@ -1,5 +1,6 @@
 """Pipeline edges of the flow: resumable training with checkpoints, and ensemble sampling."""
 
+import pathlib
 import time
 from typing import Any
 
@@ -11,6 +12,7 @@ from absl import logging
 from tqdm.auto import tqdm
 
 from dwf_jax import checkpoints, flow, keys
+from dwf_jax.curves import Curves, flow_scalars
 from dwf_jax.zoo_store import Flattener
 
 PyTree = Any
@@ -38,10 +40,12 @@ def train_flow_stage(
     progress: bool,
     conditions: np.ndarray | None = None,
     num_conditions: int = 0,
+    curves: pathlib.Path | None = None,
 ) -> PyTree:
     """Train the flow on the zoo in its space ((N, D) weights or (N, k) coefficients), with checkpoints.
 
     A conditioned flow (`num_conditions` > 0) sees each row's integer in `conditions` (0..num_conditions-1).
+    `curves`: the folder of its training curves (`dwf_jax.curves.flow_scalars` after each dispatched chunk).
     """
     f = config.flow
     model = build_flow(config, weights.shape[1], num_conditions)
@@ -72,12 +76,17 @@ def train_flow_stage(
     train_key = jax.random.fold_in(root, 1)
     bar = tqdm(total=f.iterations, initial=int(state.step), desc="flow", unit="step", disable=not progress)
     start, start_step = time.perf_counter(), int(state.step)
-    with bar, saves:  # an error ends the bar's line first; an interrupted run finishes its last save
+    learning_rate = flow.learning_rate_schedule(f.learning_rate, f.iterations)
+    # An error ends the bar's line first; an interrupted run finishes its last save and writes out its curves.
+    with bar, saves, Curves(curves, start_step) as curve_writer:
         while int(state.step) < f.iterations:
             step = int(state.step)
             num_steps = min(f.steps_per_dispatch, f.iterations - step, f.checkpoint_every - step % f.checkpoint_every)
             state, chunk_losses = train_chunk(state, train_key, weights, num_steps, conditions)
             losses[step : step + num_steps] = np.asarray(chunk_losses)
+            curve_writer.log(
+                step + num_steps, flow_scalars(losses[step : step + num_steps], step + num_steps, learning_rate)
+            )
             if not np.all(np.isfinite(chunk_losses)):
                 raise FloatingPointError(
                     f"flow loss became non-finite near step {step + num_steps}: the flow diverged. Lower "
@@ -96,18 +105,21 @@ def train_flow_stage(
     return {"params": state.params, "losses": losses, "num_params": np.asarray(num_params)}
 
 
-def sample_stage(
+def sample_flow(
     config: ml_collections.ConfigDict,
     flow_params: PyTree,
     dim: int,
     source: flow.Source,
+    key: jax.Array,
+    count: int,
     progress: bool,
     condition: int | None = None,
     num_conditions: int = 0,
 ) -> np.ndarray:
-    """The whole generated ensemble (in the flow's space) from one integration of the flow.
+    """`count` samples (in the flow's space) from one integration of the flow, from `key`'s source points.
 
-    A conditioned flow samples the ensemble of one `condition`, from its own noise.
+    The one sampler of the pipeline's stage and of `dwf_jax.Generator`, so the same key and count give the same
+    bits in both. A conditioned flow samples networks of one `condition`.
     """
     s = config.sample
     model = build_flow(config, dim, num_conditions)
@@ -116,16 +128,13 @@ def sample_stage(
         labels = None if condition is None else jnp.full((x.shape[0],), condition, jnp.int32)
         return model.apply({"params": flow_params}, x, t, train=False, condition=labels)
 
-    key = keys.stage_key(config.seed, "sample")
-    if condition is not None:
-        key = jax.random.fold_in(key, condition)
     bar = tqdm(total=s.steps, desc="sampling", unit="ODE step", disable=not progress)
     start = time.perf_counter()
     sample = jax.jit(
         lambda k: flow.sample_ensemble(
             velocity,
             k,
-            s.num_samples,
+            count,
             dim,
             source=source,
             num_steps=s.steps,
@@ -137,8 +146,27 @@ def sample_stage(
         samples = np.asarray(sample(key))
     logging.info(
         "sampling: %d models, %d flow evaluations, %.2f s (incl. compile)",
-        s.num_samples,
+        count,
         flow.num_function_evals(s.method, s.steps),
         time.perf_counter() - start,
     )
     return samples
+
+
+def sample_stage(
+    config: ml_collections.ConfigDict,
+    flow_params: PyTree,
+    dim: int,
+    source: flow.Source,
+    progress: bool,
+    condition: int | None = None,
+    num_conditions: int = 0,
+) -> np.ndarray:
+    """A conditioned flow's ensemble of one `condition`: `sample.num_samples` models from the condition's own
+    noise (the 'sample' stream folded with the condition); without one, the pipeline's ensemble."""
+    key = keys.stage_key(config.seed, "sample")
+    if condition is not None:
+        key = jax.random.fold_in(key, condition)
+    return sample_flow(
+        config, flow_params, dim, source, key, config.sample.num_samples, progress, condition, num_conditions
+    )

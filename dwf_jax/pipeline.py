@@ -16,17 +16,19 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from dwf_jax import processes, report, stages
+from dwf_jax import keys, processes, report, stages
 from dwf_jax.config import pca_components
 from dwf_jax.data import Dataset, load_configured
 from dwf_jax.evaluate import percent_correct, zoo_distances
 from dwf_jax.flow import Source
-from dwf_jax.flow_stage import flow_source, sample_stage, train_flow_stage
+from dwf_jax.flow_stage import flow_source, sample_flow, train_flow_stage
 from dwf_jax.pca import inverse_transform_to_file
+from dwf_jax.pretrained import checkpoint_file
 from dwf_jax.session import opened
-from dwf_jax.settings import stage_settings
+from dwf_jax.settings import PRETRAINED_FILES, SOURCE_FILES, stage_settings
 from dwf_jax.sharding import split_models
 from dwf_jax.validation import validate_config
+from dwf_jax.weight_files import checksums
 from dwf_jax.workdir import Workdir
 from dwf_jax.zoo_store import Flattener, ZooStore, check_finite, write_rows
 
@@ -45,7 +47,12 @@ class Interrupted(KeyboardInterrupt):
 
 def workdir_for(config: ml_collections.ConfigDict, dataset: Dataset, workdir: pathlib.Path) -> Workdir:
     """The workdir whose new stages record this config's settings (`Workdir.check` compares finished ones)."""
-    return Workdir(workdir, stage_settings(config, dataset.fingerprint()))
+    files = {}
+    if config.zoo.source:
+        files[SOURCE_FILES] = checksums(stages.imported_files(config))
+    if config.model.get("pretrained"):
+        files[PRETRAINED_FILES] = checksums([checkpoint_file(config.model.pretrained)])
+    return Workdir(workdir, stage_settings(config, dataset.fingerprint(), files))
 
 
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, progress: bool = True) -> dict:
@@ -95,8 +102,12 @@ def generate(
     work: Workdir,
     progress: bool,
 ) -> dict:
-    """Sample the ensemble in the flow's space and write its full weights; a diverged flow is an error."""
-    samples = sample_stage(config, flow_params, space.data.shape[1], source, progress)
+    """Sample the ensemble in the flow's space and write its full weights; a diverged flow is an error.
+
+    `sample.num_samples` models from the 'sample' stream: `dwf_jax.Generator.sample` with that key and count
+    draws the same bits."""
+    key, count = keys.stage_key(config.seed, "sample"), config.sample.num_samples
+    samples = sample_flow(config, flow_params, space.data.shape[1], source, key, count, progress)
     advice = (
         f"The flow diverged: delete {work.stage('flow')} and {work.flow_checkpoints}, "
         "and retrain with a lower flow.learning_rate."
@@ -117,7 +128,10 @@ def canonical_zoo(
 ) -> tuple[dict, ZooStore, dict, ZooStore]:
     """The zoo and canonical stages (run or loaded) and their stores: what every flow is trained from."""
     num_models = config.zoo.num_models
-    zoo_stage = work.run("zoo", lambda: stages.train_zoo(config, dataset, flattener, evaluate, work, progress))
+    if config.zoo.source:
+        zoo_stage = work.run("zoo", lambda: stages.import_zoo(config, dataset, flattener, evaluate, work))
+    else:
+        zoo_stage = work.run("zoo", lambda: stages.train_zoo(config, dataset, flattener, evaluate, work, progress))
     work.remove_zoo_chunks()
     original = stages.open_stage(config, work, "zoo", num_models, flattener)
     canonical_stage = work.run("canonical", lambda: stages.canonicalize(config, original, flattener, evaluate, work))
@@ -139,7 +153,10 @@ def run_stages(config: ml_collections.ConfigDict, dataset: Dataset, work: Workdi
     space = weight_space(config, canonical, flattener, work)
     saves = work.training_checkpoints("flow", work.flow_checkpoints)
     source = flow_source(config, template)
-    flow = work.run("flow", lambda: train_flow_stage(config, jnp.asarray(space.data), source, saves, progress))
+    flow = work.run(
+        "flow",
+        lambda: train_flow_stage(config, jnp.asarray(space.data), source, saves, progress, curves=work.flow_curves),
+    )
     work.run("samples", lambda: generate(config, flow["params"], space, source, work, progress))
     generated = stages.open_stage(config, work, "samples", config.sample.num_samples, flattener)
 

@@ -75,7 +75,9 @@ def refuse_foreign(work: Workdir) -> None:
         return
     if not path.is_dir():
         raise WorkdirNotWritable(f"workdir {path} is a file, not a folder; choose another --workdir")
-    ours = (FORMAT_FILE, ZOO_CHUNKS, FLOW_CHECKPOINTS, *STAGE_KEYS)  # stages without a format: an older dwf_jax
+    # Stages without a format: an older dwf_jax. A `tensorboard` folder alone is no sign: users keep their own, and
+    # a run has written its format before its first curve.
+    ours = (FORMAT_FILE, ZOO_CHUNKS, FLOW_CHECKPOINTS, *STAGE_KEYS)
     if any(os.path.lexists(path / name) for name in ours):
         return
     others = sorted(entry.name for entry in path.iterdir() if not _made_by_a_run(entry))
@@ -101,7 +103,7 @@ def refuse_links(work: Workdir) -> None:
     for name in names:
         if (work.path / name).is_symlink():
             raise link_error(work.path / name)
-    for folder in (work.path / ZOO_CHUNKS, work.flow_checkpoints):
+    for folder in (work.path / ZOO_CHUNKS, work.flow_checkpoints, work.tensorboard):
         for root, folders, files in os.walk(folder):
             for name in (*folders, *files):
                 if os.path.islink(os.path.join(root, name)):

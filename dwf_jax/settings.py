@@ -43,20 +43,30 @@ RESULT_FREE_KEYS = (
     "zoo.checkpoint_every",
     "zoo.scan_steps",
     "zoo.on_disk",
+    "zoo.source",
+    "model.pretrained",
     "flow.steps_per_dispatch",
     "flow.checkpoint_every",
 )
 DATA_FINGERPRINT = "data.fingerprint"
+# Files a zoo is read from (name -> checksum), in place of their paths: moved files give the same zoo. An imported
+# zoo's files, and the checkpoint its models start from.
+SOURCE_FILES = "zoo.source_files"
+PRETRAINED_FILES = "model.pretrained_files"
 
 
 def _under(key: str, prefixes: tuple[str, ...]) -> bool:
     return any(key == prefix or key.startswith(prefix + ".") for prefix in prefixes)
 
 
-def stage_settings(config: ml_collections.ConfigDict, data_fingerprint: str) -> dict[str, Settings]:
-    """Per stage, the values of the keys its result depends on (the data's fingerprint in place of its path)."""
+def stage_settings(
+    config: ml_collections.ConfigDict, data_fingerprint: str, files: dict[str, dict[str, str]] | None = None
+) -> dict[str, Settings]:
+    """Per stage, the values of the keys its result depends on: the data's fingerprint in place of its path, and
+    `files` ({SOURCE_FILES or PRETRAINED_FILES: {file name: checksum}}) in place of the paths they were read from."""
     flat = {key: value for key, value in flatten(config_as_dict(config)).items() if key not in RESULT_FREE_KEYS}
     flat[DATA_FINGERPRINT] = data_fingerprint
+    flat.update(files or {})
     settings = {
         stage: {key: value for key, value in flat.items() if _under(key, prefixes)}
         for stage, prefixes in STAGE_KEYS.items()

@@ -16,10 +16,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dwf_jax import baselines, bn_recalibration, keys, pca, processes, zoo
+from dwf_jax import baselines, bn_recalibration, keys, pca, processes, torch_layout, weight_files, zoo
 from dwf_jax.augment import input_pipeline
 from dwf_jax.canonical import align_models
 from dwf_jax.config import pca_components
+from dwf_jax.curves import ZooCurves
 from dwf_jax.data import Dataset
 from dwf_jax.diversity import ColumnRange, Geometry, geometry, weight_quantiles
 from dwf_jax.evaluate import ensemble_accuracy, ensemble_predictions, percent_correct
@@ -141,34 +142,39 @@ def train_chunks(
 
     Each chunk checkpoints every `zoo.checkpoint_every` epochs, so an interrupted zoo resumes where it stopped.
     Model i depends only on (seed, i): a zoo can grow from a smaller one by training only the new models.
+    Each chunk's training curves go to `Workdir.zoo_curves`.
     """
     model = build_model(config.model)
     z = config.zoo
-    total_steps = z.epochs * steps_per_epoch(config, dataset)
+    steps = steps_per_epoch(config, dataset)
+    total_steps = z.epochs * steps
     tx = zoo.make_optimizer(z.optimizer, z.learning_rate, z.weight_decay, z.schedule, total_steps)
+    rate = zoo.learning_rate_schedule(z.learning_rate, z.schedule, total_steps)
     for indices in zoo.chunks(z.num_models - first_model, z.models_per_chunk):
         indices = indices + first_model
-        variables, _ = zoo.train_models(
-            model,
-            tx,
-            dataset.x_train,
-            dataset.y_train,
-            seed=config.seed,
-            model_indices=indices,
-            epochs=z.epochs,
-            init=model_initializer(config.model),
-            batch_size=z.batch_size,
-            inputs=input_pipeline(dataset.name, config.data.augment),
-            drop_last=z.drop_last,
-            models_per_vmap=config.models_per_vmap,
-            scan_steps=z.scan_steps,
-            saves=work.zoo_checkpoints(indices),
-            checkpoint_every=z.checkpoint_every,
-            progress=progress,
-            regression=dataset.regression,
-            max_loss=DIVERGED_LOSS_FACTOR * guessing_loss(dataset),
-            compute_dtype=z.compute_dtype,
-        )
+        with ZooCurves(work.zoo_curves(indices[0], indices[-1]), rate, steps) as curves:
+            variables, _ = zoo.train_models(
+                model,
+                tx,
+                dataset.x_train,
+                dataset.y_train,
+                seed=config.seed,
+                model_indices=indices,
+                epochs=z.epochs,
+                init=model_initializer(config.model),
+                batch_size=z.batch_size,
+                inputs=input_pipeline(dataset.name, config.data.augment),
+                drop_last=z.drop_last,
+                models_per_vmap=config.models_per_vmap,
+                scan_steps=z.scan_steps,
+                saves=work.zoo_checkpoints(indices),
+                checkpoint_every=z.checkpoint_every,
+                progress=progress,
+                regression=dataset.regression,
+                max_loss=DIVERGED_LOSS_FACTOR * guessing_loss(dataset),
+                compute_dtype=z.compute_dtype,
+                on_epoch=curves,
+            )
         yield jax.tree.map(np.asarray, variables)
 
 
@@ -202,6 +208,44 @@ def train_zoo(
         raise type(error)(
             f"{error}; this zoo's training checkpoints were removed: rerun to train from the start"
         ) from None
+    return {"test_accuracy": np.concatenate(accuracies)}
+
+
+def imported_files(config: ml_collections.ConfigDict) -> list:
+    """The first zoo.num_models weight files of zoo.source, in natural order."""
+    files, wanted = weight_files.zoo_files(config.zoo.source), config.zoo.num_models
+    if len(files) < wanted:
+        raise weight_files.WeightFileError(
+            f"zoo.source={config.zoo.source} holds {len(files)} weight files; zoo.num_models={wanted} needs as many"
+        )
+    return files[:wanted]
+
+
+def _imported_model(config: ml_collections.ConfigDict, path: Any, template: PyTree) -> PyTree:
+    try:
+        return torch_layout.from_state_dict(config.model, weight_files.read_state_dict(path), template)
+    except torch_layout.LayoutMismatch as error:
+        raise torch_layout.LayoutMismatch(f"{path}: {error}") from None
+
+
+def import_zoo(
+    config: ml_collections.ConfigDict, dataset: Dataset, flattener: Flattener, evaluate: Evaluator, work: Workdir
+) -> PyTree:
+    """The zoo stage from zoo.source's files (PyTorch layout) instead of training, each group checked and evaluated."""
+    template = model_template(config, dataset)
+    files, accuracies = imported_files(config), []
+
+    def rows() -> Iterator[np.ndarray]:
+        for start in range(0, len(files), config.zoo.models_per_chunk):
+            models = [
+                _imported_model(config, path, template) for path in files[start : start + config.zoo.models_per_chunk]
+            ]
+            stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *models)
+            check_finite(stacked, f"the imported zoo {config.zoo.source}", "Check the files, or retrain those nets.")
+            accuracies.append(evaluate(stacked))
+            yield from flattener.rows(stacked)
+
+    work.write_matrix("zoo", rows(), keep=False)
     return {"test_accuracy": np.concatenate(accuracies)}
 
 

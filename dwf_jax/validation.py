@@ -13,7 +13,7 @@ import ml_collections
 
 from dwf_jax import canonical, flow, pca, zoo
 from dwf_jax.bn_recalibration import CALIBRATION_DATA
-from dwf_jax.config import MODEL_FIELDS, MODEL_NAMES, base_config, config_as_dict, flatten, model_config
+from dwf_jax.config import INIT_FIELDS, MODEL_FIELDS, MODEL_NAMES, base_config, config_as_dict, flatten, model_config
 from dwf_jax.data import DATASETS, NUM_CLASSES, SOURCES, TEXT_DATASETS
 from dwf_jax.keys import MAX_MODELS
 from dwf_jax.models import INIT_SCHEMES, MIXED, attention_head_groups, output_width
@@ -235,7 +235,7 @@ def _validate_model(model: ml_collections.ConfigDict) -> None:
         )
     if model.name in TRANSFORMER_WIDTHS:
         width = TRANSFORMER_WIDTHS[model.name]
-        sizes = {key: model[key] for key in MODEL_FIELDS[model.name] if key != "dropout"}
+        sizes = {key: model[key] for key in MODEL_FIELDS[model.name] if key not in ("dropout", *INIT_FIELDS)}
         _check(min(sizes.values()) >= 1, f"model {sizes} needs positive sizes")
         _check(
             model[width] % model.heads == 0,

@@ -36,6 +36,7 @@ MATRIX_FILES = {
 }
 ZOO_CHUNKS = "zoo_chunks"
 FLOW_CHECKPOINTS = "flow_checkpoints"
+TENSORBOARD = "tensorboard"  # training curves (`dwf_jax.curves`), one folder per training
 CONFIG_FILE = "config.json"
 REPORT_FILE = "report.json"
 FIGURE_FILE = "accuracy.png"
@@ -64,6 +65,7 @@ UPSTREAM = {
 RUN_FILES = (
     ZOO_CHUNKS,
     FLOW_CHECKPOINTS,
+    TENSORBOARD,
     CONFIG_FILE,
     REPORT_FILE,
     FIGURE_FILE,
@@ -101,6 +103,8 @@ class Workdir:
         self.figure = self.path / FIGURE_FILE
         self.diversity_figure = self.path / DIVERSITY_FIGURE_FILE
         self.flow_checkpoints = self.path / FLOW_CHECKPOINTS
+        self.tensorboard = self.path / TENSORBOARD
+        self.flow_curves = self.tensorboard / "flow"
         self._timings_file = self.path / TIMINGS_FILE
         self.timings = checkpoints.load_json(self._timings_file) if self._timings_file.exists() else {}
 
@@ -114,6 +118,10 @@ class Workdir:
     def zoo_chunk(self, first_model: int, last_model: int) -> pathlib.Path:
         """Training checkpoints of zoo models first..last (inclusive)."""
         return self.path / ZOO_CHUNKS / f"models_{first_model:04d}-{last_model:04d}"
+
+    def zoo_curves(self, first_model: int, last_model: int) -> pathlib.Path:
+        """Training curves of zoo models first..last (inclusive), named as their checkpoints."""
+        return self.tensorboard / "zoo" / self.zoo_chunk(first_model, last_model).name
 
     def training_checkpoints(self, stage: str, folder: pathlib.Path) -> checkpoints.TrainingCheckpoints:
         """Training states of `stage` in `folder`, tied to its settings: a changed config never resumes them.

@@ -47,20 +47,31 @@ def check_losses(losses: np.ndarray, max_loss: float, epoch: int, model_indices:
         )
 
 
+def learning_rate_schedule(learning_rate: float, schedule: str = "none", total_steps: int = 1) -> optax.Schedule:
+    """The zoo's rate at each optimizer step (0-based; Table 12): constant, or cosine annealing over all steps
+    (ResNet-18). A function of the step, so that the training curves show the rate each step used."""
+    if schedule == "cosine":
+        return optax.cosine_decay_schedule(learning_rate, decay_steps=total_steps)
+    if schedule == "none":
+        return optax.constant_schedule(learning_rate)
+    raise ValueError(f"unknown zoo schedule {schedule!r}; choose one of {list(SCHEDULES)}")
+
+
 def make_optimizer(
     name: str, learning_rate: float, weight_decay: float, schedule: str = "none", total_steps: int = 1
 ) -> optax.GradientTransformation:
-    """The zoo optimizers of Table 12: constant rate, or cosine annealing over all steps (ResNet-18)."""
-    if schedule == "cosine":
-        learning_rate = optax.cosine_decay_schedule(learning_rate, decay_steps=total_steps)
-    elif schedule != "none":
-        raise ValueError(f"unknown zoo schedule {schedule!r}; choose one of {list(SCHEDULES)}")
+    """The zoo optimizers of Table 12 at the rates of `learning_rate_schedule`.
+
+    A constant rate stays a number: an optax schedule would add a step count to the optimizer state, and so to
+    the zoo's training checkpoints.
+    """
+    rate = learning_rate if schedule == "none" else learning_rate_schedule(learning_rate, schedule, total_steps)
     if name == "adam":
-        return optax.adam(learning_rate)
+        return optax.adam(rate)
     if name == "adamw":
-        return optax.adamw(learning_rate, weight_decay=weight_decay)
+        return optax.adamw(rate, weight_decay=weight_decay)
     if name == "sgd":
-        return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate, momentum=0.9))
+        return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(rate, momentum=0.9))
     raise ValueError(f"unknown zoo optimizer {name!r}; choose one of {list(OPTIMIZERS)}")
 
 
@@ -196,6 +207,7 @@ def train_models(
     regression: bool = False,
     max_loss: float = math.inf,
     compute_dtype: str = "float32",
+    on_epoch: Callable[[int, np.ndarray], None] | None = None,
 ) -> tuple[PyTree, np.ndarray]:
     """Train the given models; returns stacked variables and each model's mean loss in the last epoch.
 
@@ -209,7 +221,9 @@ def train_models(
     sample)` draws a model's variables (default: `model.init`; a mixed-init zoo
     passes `models.model_initializer`). A model whose mean loss of an epoch exceeds
     `max_loss` (or is not finite) stops training with `ZooDiverged`, before that epoch is saved.
-    `compute_dtype` "bfloat16" trains in mixed precision (`make_train_step`).
+    `compute_dtype` "bfloat16" trains in mixed precision (`make_train_step`). `on_epoch(epoch, losses)` sees each
+    epoch this call trains (1-based, so the first call tells where training resumed) and each model's mean loss in
+    it, a diverging one included, before the epoch is checked and saved: the training curves (`dwf_jax.curves`).
     """
     init_keys, data_keys = model_keys(seed, model_indices)
     sample = inputs.eval(jnp.asarray(x_train[:1]))
@@ -245,6 +259,8 @@ def train_models(
             stacked = jax.tree.map(lambda *parts: jnp.concatenate(parts), *carries)
             state = {"variables": stacked[0], "opt_state": stacked[1], "losses": jnp.mean(losses, axis=1)}
             epoch_losses = to_host(state["losses"])
+            if on_epoch is not None:
+                on_epoch(epoch + 1, epoch_losses)
             check_losses(epoch_losses, max_loss, epoch + 1, np.asarray(model_indices))
             if saves is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
                 saves.save(epoch + 1, to_host(state))

@@ -4,7 +4,7 @@ from dwf_jax.flow.loss import TIME_DISTRIBUTIONS, flow_matching_loss, sample_tim
 from dwf_jax.flow.model import VelocityField
 from dwf_jax.flow.sample import ODE_METHODS, integrate, num_function_evals, sample_ensemble
 from dwf_jax.flow.source import SOURCES, Source, draw, kaiming_bounds
-from dwf_jax.flow.train import FlowState, create_flow_state, make_optimizer, make_train_chunk
+from dwf_jax.flow.train import FlowState, create_flow_state, learning_rate_schedule, make_optimizer, make_train_chunk
 
 __all__ = [
     "ODE_METHODS",
@@ -21,6 +21,7 @@ __all__ = [
     "sample_ensemble",
     "FlowState",
     "create_flow_state",
+    "learning_rate_schedule",
     "make_optimizer",
     "make_train_chunk",
 ]

@@ -25,10 +25,15 @@ class FlowState(NamedTuple):
     step: jax.Array
 
 
+def learning_rate_schedule(learning_rate: float, iterations: int) -> optax.Schedule:
+    """The rate of each step (0-based): cosine annealing to zero over the whole run. A function of the step, so
+    that the training curves show the rate each step used."""
+    return optax.cosine_decay_schedule(learning_rate, decay_steps=iterations)
+
+
 def make_optimizer(learning_rate: float, weight_decay: float, iterations: int) -> optax.GradientTransformation:
-    """AdamW (0.9, 0.95) with cosine annealing to zero over the whole run."""
-    schedule = optax.cosine_decay_schedule(learning_rate, decay_steps=iterations)
-    return optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=weight_decay)
+    """AdamW (0.9, 0.95) at the rates of `learning_rate_schedule`."""
+    return optax.adamw(learning_rate_schedule(learning_rate, iterations), b1=0.9, b2=0.95, weight_decay=weight_decay)
 
 
 def create_flow_state(model: VelocityField, tx: optax.GradientTransformation, key: jax.Array) -> FlowState:

@@ -5,10 +5,11 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 
-from dwf_jax import permutations
-from dwf_jax.config import MODEL_FIELDS, MODEL_NAMES
+from dwf_jax import permutations, pretrained
+from dwf_jax.config import INIT_FIELDS, MODEL_FIELDS, MODEL_NAMES
 from dwf_jax.models.bert import Bert
 from dwf_jax.models.cnn import SmallCNN
 from dwf_jax.models.mlp import INIT_SCHEMES, MIXED, MLP, scheme_of_model
@@ -36,7 +37,8 @@ def build_model(model_config: ml_collections.ConfigDict) -> nn.Module:
     if model_config.name == "resnet18":
         return resnet18()
     if model_config.name in TRANSFORMERS:
-        return TRANSFORMERS[model_config.name](**{key: model_config[key] for key in MODEL_FIELDS[model_config.name]})
+        fields = [key for key in MODEL_FIELDS[model_config.name] if key not in INIT_FIELDS]
+        return TRANSFORMERS[model_config.name](**{key: model_config[key] for key in fields})
     raise ValueError(f"unknown model {model_config.name!r}; choose one of {list(MODEL_NAMES)}")
 
 
@@ -53,7 +55,22 @@ def model_initializer(model_config: ml_collections.ConfigDict) -> Callable[[jax.
         ]
         return lambda key, index, sample: jax.lax.switch(index % len(models), branches, key, sample)
     model = build_model(model_config)
+    if model_config.get("pretrained"):
+        return _from_pretrained(model, model_config)
     return lambda key, index, sample: model.init({"params": key, "dropout": key}, sample, train=False)
+
+
+def _from_pretrained(model: nn.Module, model_config: ml_collections.ConfigDict) -> Callable:
+    """Every model starts from the checkpoint's backbone; only its regression head is its own draw."""
+    tokens = jnp.ones((1, model_config.max_length), jnp.int32)
+    template = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens, train=False))
+    backbone = jax.tree.map(jnp.asarray, pretrained.bert_backbone(model_config.pretrained, model_config, template))
+
+    def init(key: jax.Array, index: jax.Array, sample: jax.Array) -> Any:
+        variables = model.init({"params": key, "dropout": key}, sample, train=False)
+        return {**variables, "params": {**variables["params"], **backbone}}
+
+    return init
 
 
 def output_width(model_config: ml_collections.ConfigDict) -> int:

@@ -3,7 +3,7 @@
 `fit_transform` is what the pipeline calls with `config.pca.method` on any zoo store
 (in memory or a file): the PCA state and the zoo's coefficients, the components
 optionally written to a file. `transform_streaming` / `inverse_transform_to_file` map
-zoos that do not fit in memory to and from coefficients.
+zoos that do not fit in memory to and from coefficients (`inverse_transform_blocks`: the same blocks in memory).
 """
 
 import os
@@ -13,7 +13,13 @@ import numpy as np
 
 from dwf_jax.pca.dual import PCAState, fit_dual, inverse_transform, randomized_top_eigenpairs, top_eigenpairs, transform
 from dwf_jax.pca.incremental import DEFAULT_BATCH_SIZE, IncrementalState, first_fit, fit_incremental, partial_fit
-from dwf_jax.pca.streaming import SOLVERS, fit_transform_dual_streaming, inverse_transform_to_file, transform_streaming
+from dwf_jax.pca.streaming import (
+    SOLVERS,
+    fit_transform_dual_streaming,
+    inverse_transform_blocks,
+    inverse_transform_to_file,
+    transform_streaming,
+)
 from dwf_jax.zoo_store import ZooStore, groups, write_rows
 
 METHODS = ("none", "dual", "incremental")
@@ -30,6 +36,7 @@ __all__ = [
     "fit_transform",
     "fit_transform_dual_streaming",
     "inverse_transform",
+    "inverse_transform_blocks",
     "inverse_transform_to_file",
     "partial_fit",
     "randomized_top_eigenpairs",

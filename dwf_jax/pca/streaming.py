@@ -135,12 +135,27 @@ def inverse_transform_to_file(
     Only the (M, k) coefficients and a block are in memory. The file is written beside
     its final name and renamed when complete, so it exists only whole.
     """
-    num_samples, (num_components, dim) = len(coefficients), state.components.shape
+    num_samples, dim = len(coefficients), state.components.shape[1]
+    with filled_by_columns(path, num_samples, dim) as output:
+        _inverse_blocks(state, coefficients, output, micro_batch)
+    return FileZoo(pathlib.Path(path), num_samples, dim)
+
+
+def inverse_transform_blocks(state: PCAState, coefficients: np.ndarray | jax.Array, micro_batch: int) -> np.ndarray:
+    """`inverse_transform_to_file` into an (M, D) array: the same column blocks, so bitwise the same weights."""
+    output = MemoryZoo(np.empty((len(coefficients), state.components.shape[1]), np.float32))
+    _inverse_blocks(state, coefficients, output, micro_batch)
+    return output.matrix
+
+
+def _inverse_blocks(
+    state: PCAState, coefficients: np.ndarray | jax.Array, output: MemoryZoo | FileZoo, micro_batch: int
+) -> None:
+    """mean + coefficients @ components, column block by column block, into `output`."""
+    num_components, dim = state.components.shape
     reader = stacked_columns(as_store(state.components).columns, _mean_reader(state))
     step = partial(_block_weights, jnp.asarray(coefficients, jnp.float32))
-    with filled_by_columns(path, num_samples, dim) as output:
-        _write_blocks(output, step, reader, num_components + 1, dim, micro_batch)
-    return FileZoo(pathlib.Path(path), num_samples, dim)
+    _write_blocks(output, step, reader, num_components + 1, dim, micro_batch)
 
 
 def _mean_reader(state: PCAState) -> Reader:
