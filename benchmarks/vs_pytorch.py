@@ -8,7 +8,7 @@ configs/mnist_mlp.py and configs/resnet20.py. Each side runs once to warm up (JA
 they alternate (jax, torch, jax, torch, ...) `--repeats` times and the table shows the medians.
 Compute-bound rows also show FLOP/s as a fraction of the machine's float32 matmul peak (the better of
 the two frameworks on a large matmul, measured in the same run); the FLOPs are XLA's cost analysis of
-the JAX program, the same count for both sides. Needs PyTorch: `pip install .[bench]`.
+the JAX program, the same count for both sides. Needs PyTorch: `pip install ".[torch]"`.
 """
 
 import datetime
@@ -28,7 +28,7 @@ from absl import app, flags
 try:
     import torch
 except ImportError:
-    sys.exit("benchmarks/vs_pytorch.py compares with PyTorch, which is not installed: pip install .[bench]")
+    sys.exit("benchmarks/vs_pytorch.py compares with PyTorch, which is not installed: pip install '.[torch]'")
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 

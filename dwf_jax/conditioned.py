@@ -108,7 +108,14 @@ def run(configs: Sequence[ml_collections.ConfigDict], workdir: pathlib.Path, pro
         flow = work.run(
             "conditioned_flow",
             lambda: train_flow_stage(
-                config, jnp.asarray(weights), source, saves, progress, conditions, num_conditions=num_conditions
+                config,
+                jnp.asarray(weights),
+                source,
+                saves,
+                progress,
+                conditions,
+                num_conditions=num_conditions,
+                curves=work.flow_curves,
             ),
         )
 

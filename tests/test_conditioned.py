@@ -8,6 +8,7 @@ from test_data import write_idx
 
 import configs.mnist_mlp
 from dwf_jax import checkpoints, conditioned, data
+from dwf_jax.curves import read_scalars
 from dwf_jax.evaluate import ensemble_accuracy
 from dwf_jax.models import build_model
 from dwf_jax.zoo_store import Flattener
@@ -93,3 +94,9 @@ def test_configs_of_two_architectures_are_refused(tmp_path):
     with pytest.raises(ValueError, match="model differs between mnist and fashion_mnist"):
         conditioned.run([mnist, fashion], tmp_path / "work")
     assert not (tmp_path / "work").exists()
+
+
+def test_the_conditioned_flow_writes_its_training_curves(conditioned_root, conditioned_run):
+    curves = read_scalars(conditioned_root / "work" / "tensorboard" / "flow")
+    assert [step for step, _ in curves["flow/loss"]] == list(range(200, 1201, 200))
+    assert len(curves["flow/learning_rate"]) == 6
