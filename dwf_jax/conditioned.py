@@ -59,7 +59,7 @@ def check_compatible(configs: Sequence[ml_collections.ConfigDict]) -> None:
                 )
 
 
-def _settings(configs: Sequence[ml_collections.ConfigDict], datasets: Sequence[Dataset]) -> dict:
+def conditioned_settings(configs: Sequence[ml_collections.ConfigDict], datasets: Sequence[Dataset]) -> dict:
     """Every conditioned stage depends on every dataset's canonical zoo and on the shared flow settings."""
     merged = {}
     for index, (config, dataset) in enumerate(zip(configs, datasets, strict=True)):
@@ -89,7 +89,7 @@ def run(configs: Sequence[ml_collections.ConfigDict], workdir: pathlib.Path, pro
     for c, dataset in zip(configs, datasets, strict=True):
         stages.steps_per_epoch(c, dataset)
     zoo_works = [workdir_for(c, d, workdir / c.data.name) for c, d in zip(configs, datasets, strict=True)]
-    work = Workdir(workdir, _settings(configs, datasets))
+    work = Workdir(workdir, conditioned_settings(configs, datasets))
     for zoo_work in zoo_works:
         if zoo_work.path.is_symlink():
             raise link_error(zoo_work.path)

@@ -18,10 +18,17 @@ from dwf_jax.zoo_store import Flattener
 PyTree = Any
 
 
-def build_flow(config: ml_collections.ConfigDict, dim: int, num_conditions: int = 0) -> flow.VelocityField:
+def build_flow(
+    config: ml_collections.ConfigDict, dim: int, num_conditions: int = 0, condition_dim: int = 0
+) -> flow.VelocityField:
     f = config.flow
     return flow.VelocityField(
-        dim=dim, hidden=f.hidden, time_embed_dim=f.time_embed_dim, dropout=f.dropout, num_conditions=num_conditions
+        dim=dim,
+        hidden=f.hidden,
+        time_embed_dim=f.time_embed_dim,
+        dropout=f.dropout,
+        num_conditions=num_conditions,
+        condition_dim=condition_dim,
     )
 
 
@@ -41,15 +48,20 @@ def train_flow_stage(
     conditions: np.ndarray | None = None,
     num_conditions: int = 0,
     curves: pathlib.Path | None = None,
+    condition_dim: int = 0,
 ) -> PyTree:
     """Train the flow on the zoo in its space ((N, D) weights or (N, k) coefficients), with checkpoints.
 
     A conditioned flow (`num_conditions` > 0) sees each row's integer in `conditions` (0..num_conditions-1).
+    A support-conditioned flow (`condition_dim` > 0) takes `conditions` = (bank (G, B, condition_dim), group (N,)):
+    each step each row sees one of its group's B support embeddings (`flow.make_train_chunk`).
     `curves`: the folder of its training curves (`dwf_jax.curves.flow_scalars` after each dispatched chunk).
     """
     f = config.flow
-    model = build_flow(config, weights.shape[1], num_conditions)
-    if num_conditions:
+    model = build_flow(config, weights.shape[1], num_conditions, condition_dim)
+    if condition_dim:
+        conditions = (jnp.asarray(conditions[0], jnp.float32), jnp.asarray(conditions[1], jnp.int32))
+    elif num_conditions:
         conditions = jnp.asarray(conditions, jnp.int32)
     tx = flow.make_optimizer(f.learning_rate, f.weight_decay, f.iterations)
     root = keys.stage_key(config.seed, "flow")
@@ -115,18 +127,25 @@ def sample_flow(
     progress: bool,
     condition: int | None = None,
     num_conditions: int = 0,
+    support: np.ndarray | None = None,
 ) -> np.ndarray:
     """`count` samples (in the flow's space) from one integration of the flow, from `key`'s source points.
 
     The one sampler of the pipeline's stage and of `dwf_jax.Generator`, so the same key and count give the same
-    bits in both. A conditioned flow samples networks of one `condition`.
+    bits in both. A conditioned flow samples networks of one `condition`; a support-conditioned flow networks for
+    the task of one `support` embedding (condition_dim,), given to every sample.
     """
     s = config.sample
-    model = build_flow(config, dim, num_conditions)
+    model = build_flow(config, dim, num_conditions, 0 if support is None else int(np.shape(support)[-1]))
 
     def velocity(x, t):
         labels = None if condition is None else jnp.full((x.shape[0],), condition, jnp.int32)
-        return model.apply({"params": flow_params}, x, t, train=False, condition=labels)
+        rows = (
+            None
+            if support is None
+            else jnp.broadcast_to(jnp.asarray(support, x.dtype), (x.shape[0], model.condition_dim))
+        )
+        return model.apply({"params": flow_params}, x, t, train=False, condition=labels, support=rows)
 
     bar = tqdm(total=s.steps, desc="sampling", unit="ODE step", disable=not progress)
     start = time.perf_counter()

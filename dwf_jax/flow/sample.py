@@ -21,6 +21,30 @@ def num_function_evals(method: str, num_steps: int) -> int:
     return _STAGES[method] * num_steps
 
 
+def time_field(velocity: Velocity) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """field(x, t) with one scalar time t: `velocity` at t for every row, each device integrating its rows."""
+    velocity_per_device = over_models(velocity, num_sharded=2)
+
+    def field(x: jax.Array, t: jax.Array) -> jax.Array:
+        return velocity_per_device(x, jnp.full((x.shape[0],), t, x.dtype))
+
+    return field
+
+
+def ode_step(
+    field: Callable[[jax.Array, jax.Array], jax.Array], x: jax.Array, t: jax.Array, dt: float, method: str
+) -> jax.Array:
+    """One Euler or classical RK4 step of dx/dt = field(x, t) from time t: the step formula of `integrate`, shared
+    with `dwf_jax.flow.finetune.integrate_detached` so that its forward values are the sampler's, bit for bit."""
+    if method == "euler":
+        return x + dt * field(x, t)
+    k1 = field(x, t)
+    k2 = field(x + 0.5 * dt * k1, t + 0.5 * dt)
+    k3 = field(x + 0.5 * dt * k2, t + 0.5 * dt)
+    k4 = field(x + dt * k3, t + dt)
+    return x + (dt / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+
+
 def integrate(
     velocity: Velocity,
     x0: jax.Array,
@@ -37,25 +61,10 @@ def integrate(
     dt = 1.0 / num_steps
     num_models = x0.shape[0]
     x0 = pad_models(x0, padded_count(num_models, mesh_size()))  # under a mesh, each device integrates its rows
-    velocity_per_device = over_models(velocity, num_sharded=2)
-
-    def field(x, t):
-        return velocity_per_device(x, jnp.full((x.shape[0],), t, x.dtype))
-
-    def euler_step(x, t):
-        return x + dt * field(x, t)
-
-    def rk4_step(x, t):
-        k1 = field(x, t)
-        k2 = field(x + 0.5 * dt * k1, t + 0.5 * dt)
-        k3 = field(x + 0.5 * dt * k2, t + 0.5 * dt)
-        k4 = field(x + dt * k3, t + dt)
-        return x + (dt / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
-
-    step = rk4_step if method == "rk4" else euler_step
+    field = time_field(velocity)
 
     def scan_step(x, i):
-        x = step(x, i.astype(x0.dtype) * dt)
+        x = ode_step(field, x, i.astype(x0.dtype) * dt, dt, method)
         if on_step is not None:
             jax.debug.callback(on_step, i)
         return x, None

@@ -39,7 +39,8 @@ def make_optimizer(learning_rate: float, weight_decay: float, iterations: int) -
 def create_flow_state(model: VelocityField, tx: optax.GradientTransformation, key: jax.Array) -> FlowState:
     x = jnp.zeros((1, model.dim))
     condition = jnp.zeros((1,), jnp.int32) if model.num_conditions else None
-    params = model.init(key, x, jnp.zeros((1,)), train=False, condition=condition)["params"]
+    support = jnp.zeros((1, model.condition_dim)) if model.condition_dim else None
+    params = model.init(key, x, jnp.zeros((1,)), train=False, condition=condition, support=support)["params"]
     return FlowState(params, tx.init(params), jnp.zeros((), jnp.int32))
 
 
@@ -62,21 +63,39 @@ def make_train_chunk(
 ) -> Callable[[FlowState, jax.Array, jax.Array, int], tuple[FlowState, jax.Array]]:
     """Returns jitted `train_chunk(state, key, data, num_steps, conditions=None) -> (state, per-step losses)`.
 
-    `conditions` (one integer per row of `data`) is what a conditioned flow sees beside each row.
+    `conditions` (one integer per row of `data`) is what a conditioned flow sees beside each row. A
+    support-conditioned flow (`model.condition_dim` > 0) takes instead a pair `(bank, group)`: `bank` (G, B,
+    condition_dim) holds B precomputed support embeddings for each of G groups (datasets), `group` (one integer per
+    row) names each row's group, and every step gives each minibatch row one embedding of its group's bank, drawn
+    uniformly from an extra stream (fold_in 2 of the step's key), so the flow sees many support sets per zoo model
+    without encoding images inside the step. A fixed vector per row is the case B=1 with group = arange(rows).
+    The streams of the other flows are unchanged.
     """
 
     def train_step(
-        state: FlowState, key: jax.Array, data: jax.Array, conditions: jax.Array | None
+        state: FlowState, key: jax.Array, data: jax.Array, conditions: jax.Array | tuple | None
     ) -> tuple[FlowState, jax.Array]:
         shuffle_key, step_key = jax.random.split(key)
         loss_key, dropout_key = jax.random.split(jax.random.fold_in(step_key, state.step))
         indices = minibatch_indices(shuffle_key, state.step, data.shape[0], batch_size)
-        x1, condition = data[indices], None if conditions is None else conditions[indices]
+        x1, condition, support = data[indices], None, None
+        if model.condition_dim:
+            bank, group = conditions
+            pick_key = jax.random.fold_in(jax.random.fold_in(step_key, state.step), 2)
+            support = bank[group[indices], jax.random.randint(pick_key, (batch_size,), 0, bank.shape[1])]
+        elif conditions is not None:
+            condition = conditions[indices]
 
         def loss_fn(params):
             def velocity(x, t):
                 return model.apply(
-                    {"params": params}, x, t, train=True, condition=condition, rngs={"dropout": dropout_key}
+                    {"params": params},
+                    x,
+                    t,
+                    train=True,
+                    condition=condition,
+                    support=support,
+                    rngs={"dropout": dropout_key},
                 )
 
             return flow_matching_loss(
@@ -94,7 +113,7 @@ def make_train_chunk(
         return FlowState(optax.apply_updates(state.params, updates), opt_state, state.step + 1), loss
 
     def train_chunk(
-        state: FlowState, key: jax.Array, data: jax.Array, num_steps: int, conditions: jax.Array | None = None
+        state: FlowState, key: jax.Array, data: jax.Array, num_steps: int, conditions: jax.Array | tuple | None = None
     ):
         return jax.lax.scan(lambda s, _: train_step(s, key, data, conditions), state, None, length=num_steps)
 
