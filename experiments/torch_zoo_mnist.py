@@ -33,7 +33,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Folder holding mnist/ IDX files (else $DWF_DATA_DIR).")
 flags.DEFINE_integer("num_models", 100, "PyTorch-trained models in the zoo.")
 flags.DEFINE_integer("epochs", 5, "Epochs per PyTorch model (the reference code's 5).")
-flags.DEFINE_string("space", "dual:99", "The flow's space: none, or method:components (the reference code's 99).")
+flags.DEFINE_string(
+    "space", "dual:-1", "The flow's space: none, or method:components (-1: all N-1, as the reference code's 99 of 100)."
+)
 flags.DEFINE_integer("flow_iterations", 30_000, "Flow iterations (the paper's 30k).")
 flags.DEFINE_string("workdirs", "experiments/workdirs", "Where the torch zoo, the stages and the export are kept.")
 
@@ -94,7 +96,7 @@ def run_config(folder: pathlib.Path):
 
 def compute() -> dict:
     root = pathlib.Path(FLAGS.workdirs)
-    folder = root / f"torch_zoo_mnist_n{FLAGS.num_models}_e{FLAGS.epochs}"
+    folder = root / f"torch_zoo_mnist_e{FLAGS.epochs}"  # seed i is model i whatever the zoo size: one folder
     config = run_config(folder)
     dataset = load_configured(config.data)
     torch_seconds = train_torch_zoo(folder, dataset)
@@ -105,7 +107,7 @@ def compute() -> dict:
         model = torch_models.MLP(FEATURES, in_features=784)
         model.load_state_dict(torch.load(path, weights_only=True))
         zoo_in_torch.append(torch_accuracy(model, test_images, test_labels))
-    workdir = root / f"torch_zoo_mnist_n{FLAGS.num_models}_{FLAGS.space.replace(':', '')}"
+    workdir = root / f"torch_zoo_mnist_n{FLAGS.num_models}_{FLAGS.space.replace(':', '').replace('-', 'm')}"
     start = time.perf_counter()
     report = pipeline.run(config, workdir, progress=True)
     pipeline_seconds = time.perf_counter() - start
