@@ -11,6 +11,7 @@ import shutil
 
 import jax
 import pytest
+from background import Background
 from tiny_runs import tiny_config
 
 from dwf_jax import pipeline
@@ -20,8 +21,9 @@ jax.config.update("jax_default_matmul_precision", "highest")
 use_deterministic_gpu_ops()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def finished(tmp_path_factory):
+    """One finished tiny run for the whole session: read it only, or damage a `workdir` copy."""
     workdir = tmp_path_factory.mktemp("finished") / "work"
     pipeline.run(tiny_config(), workdir, progress=False)
     return workdir
@@ -33,3 +35,11 @@ def workdir(finished, tmp_path):
     copy = tmp_path / "work"
     shutil.copytree(finished, copy)
     return copy
+
+
+@pytest.fixture(scope="session", autouse=True)
+def background(request, tmp_path_factory):
+    """Subprocess-only work of the selected tests (tests/background.py), started now beside the other tests."""
+    jobs = Background(tmp_path_factory, {(item.path.name, item.originalname) for item in request.session.items})
+    yield jobs
+    jobs.close()

@@ -1,6 +1,7 @@
 """`dwf_jax.Generator` and `python -m dwf_jax.sample`: new networks from a finished workdir, read and never written.
 
-Two tiny Iris runs (full weights and dual PCA, baselines off to save time) are made once for the module.
+Two tiny Iris runs: full weights (a copy of the session's finished run) and dual PCA (baselines off to save time),
+made once for the module.
 """
 
 import json
@@ -28,18 +29,19 @@ ROOT = pathlib.Path(__file__).parents[1]
 
 
 def _config(pca_method: str):
-    config = tiny_config()
-    config.pca.method = pca_method
-    config.zoo.checkpoint_every, config.flow.checkpoint_every = config.zoo.epochs, config.flow.iterations
-    config.baselines.update(noise_stds=(), mixtures=0, average_of=0, gaussian=0)
+    config = tiny_config()  # pca.method none: the config of the session's finished run
+    if pca_method != "none":
+        config.pca.method = pca_method
+        config.zoo.checkpoint_every, config.flow.checkpoint_every = config.zoo.epochs, config.flow.iterations
+        config.baselines.update(noise_stds=(), mixtures=0, average_of=0, gaussian=0)
     return config
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, pathlib.Path]:
+def runs(finished, tmp_path_factory) -> dict[str, pathlib.Path]:
     """pca.method -> the workdir of a finished tiny run; the PCA run takes the other's zoo."""
     root = tmp_path_factory.mktemp("generator")
-    pipeline.run(_config("none"), root / "none", progress=False)
+    shutil.copytree(finished, root / "none")  # a copy: taking its stages locks it
     dual = pipeline.workdir_for(_config("dual"), load_configured(_config("dual").data), root / "dual")
     copy_stages(Workdir(root / "none"), dual, ("zoo", "canonical"))
     pipeline.run(_config("dual"), root / "dual", progress=False)

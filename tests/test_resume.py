@@ -9,6 +9,7 @@ import time
 
 import jax
 import numpy as np
+from background import job
 
 from dwf_jax.checkpoints import restore_tree
 from dwf_jax.workdir import MATRIX_FILES
@@ -56,9 +57,17 @@ def _run_until_killed(workdir: pathlib.Path, checkpoints: pathlib.Path, kill_at:
     process.wait()
 
 
-def _run_to_end(workdir: pathlib.Path) -> None:
-    finished = subprocess.run(_command(workdir), cwd=ROOT, capture_output=True, text=True)
-    assert finished.returncode == 0, finished.stderr[-3000:]
+def _start(workdir: pathlib.Path) -> subprocess.Popen:
+    """The run in the background, its stderr in a file beside `workdir` (no pipe to fill while nobody reads)."""
+    with (workdir.parent / f"{workdir.name}.stderr").open("w") as stderr:
+        return subprocess.Popen(_command(workdir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+
+
+def _run_to_end(workdir: pathlib.Path, process: subprocess.Popen | None = None) -> None:
+    """Run to the end (or wait for the end of `process`, a run started on `workdir`)."""
+    process = process or _start(workdir)
+    process.wait()
+    assert process.returncode == 0, (workdir.parent / f"{workdir.name}.stderr").read_text()[-3000:]
 
 
 def _assert_bitwise_equal(a: pathlib.Path, b: pathlib.Path, stage: str) -> None:
@@ -67,19 +76,34 @@ def _assert_bitwise_equal(a: pathlib.Path, b: pathlib.Path, stage: str) -> None:
         assert (a / MATRIX_FILES[stage]).read_bytes() == (b / MATRIX_FILES[stage]).read_bytes(), stage
 
 
-def test_zoo_and_flow_resume_bitwise(tmp_path):
+@job("test_zoo_and_flow_resume_bitwise")
+def resumed_runs(tmp_path: pathlib.Path) -> None:
+    """An uninterrupted run, and beside it one killed in the zoo, killed in the flow and restarted to its end."""
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     zoo_kill, flow_kill = rng.randrange(3, 25), rng.randrange(2, 9) * 30
-    print(f"seed {seed}: killing the zoo at epoch {zoo_kill} and the flow at step {flow_kill}")
+    (tmp_path / "kills.txt").write_text(
+        f"seed {seed}: killing the zoo at epoch {zoo_kill} and the flow at step {flow_kill}"
+    )
 
-    _run_to_end(tmp_path / "uninterrupted")
+    uninterrupted = _start(tmp_path / "uninterrupted")  # beside the interrupted runs: its own workdir
     interrupted = tmp_path / "interrupted"
-    _run_until_killed(interrupted, interrupted / "zoo_chunks" / "models_0000-0007", zoo_kill)
-    assert not (interrupted / "zoo").exists()
-    _run_until_killed(interrupted, interrupted / "flow_checkpoints", flow_kill)
-    assert (interrupted / "zoo").exists() and not (interrupted / "flow").exists()
-    _run_to_end(interrupted)
+    try:
+        _run_until_killed(interrupted, interrupted / "zoo_chunks" / "models_0000-0007", zoo_kill)
+        assert not (interrupted / "zoo").exists()
+        _run_until_killed(interrupted, interrupted / "flow_checkpoints", flow_kill)
+        assert (interrupted / "zoo").exists() and not (interrupted / "flow").exists()
+        _run_to_end(interrupted)
+    finally:
+        _run_to_end(tmp_path / "uninterrupted", uninterrupted)
 
+
+def test_zoo_and_flow_resume_bitwise(background):
+    """The runs are a background job (tests/background.py), started with the session."""
+    root = background.folder("resumed_runs")
+    try:
+        background.result("resumed_runs")
+    finally:
+        print((root / "kills.txt").read_text())
     for stage in ("zoo", "canonical", "flow", "samples"):
-        _assert_bitwise_equal(tmp_path / "uninterrupted", interrupted, stage)
+        _assert_bitwise_equal(root / "uninterrupted", root / "interrupted", stage)

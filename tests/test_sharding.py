@@ -16,6 +16,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from background import job
 from sharded_runs import NUM_MODELS, mlp_config, pipeline_config
 
 import configs.iris_mlp as iris_config
@@ -47,10 +48,21 @@ def _finished(process: subprocess.Popen) -> None:
     assert process.returncode == 0, output[-3000:]
 
 
-@pytest.fixture(scope="module")
-def eight_devices(tmp_path_factory):
-    root = tmp_path_factory.mktemp("devices")
+@job(
+    "test_every_stage_on_8_devices_equals_one_device",
+    "test_the_reports_agree",
+    "test_batch_norm_recalibration_and_evaluation_on_8_devices",
+    "test_a_workdir_of_8_devices_resumes_on_one",
+)
+def on_8_devices(root: pathlib.Path) -> None:
     _run_worker(["devices", str(root)], devices=8, cwd=root)
+
+
+@pytest.fixture(scope="module")
+def eight_devices(background):
+    """The 8-device runs, a background job (tests/background.py) started with the session."""
+    background.result("on_8_devices")
+    root = background.folder("on_8_devices")
     return root, json.loads((root / "reports.json").read_text())
 
 
@@ -105,12 +117,18 @@ def _two_processes(mode: str, root: pathlib.Path) -> None:
         _finished(worker)
 
 
-def test_each_process_saves_and_resumes_its_own_models(tmp_path):
+@job("test_each_process_saves_and_resumes_its_own_models")
+def process_shares(root: pathlib.Path) -> None:
+    _two_processes("resume", root)
+    _run_worker(["zoo", str(root / "straight.npz"), "0", "1", "0"], devices=2, cwd=root)
+
+
+def test_each_process_saves_and_resumes_its_own_models(background):
     """Two processes joined by jax.distributed train zoos of 5 (padded) and 4 models, each process saving only
     its rows of the padded model axis; a resume continues from them (step 2 is not written again) to the zoo
-    of an uninterrupted run in one process of two devices, bitwise."""
-    _two_processes("resume", tmp_path)
-    _run_worker(["zoo", str(tmp_path / "straight.npz"), "0", "1", "0"], devices=2, cwd=tmp_path)
+    of an uninterrupted run in one process of two devices, bitwise. (The runs: a background job.)"""
+    background.result("process_shares")
+    tmp_path = background.folder("process_shares")
     shares = [tmp_path / "saves" / f"process_{i}_of_2" / f"models_{NUM_MODELS}" for i in range(2)]
     first, second = (restore_tree(share / "2") for share in shares)
     assert [leaf.shape[0] for leaf in first + second] == [3] * (len(first) + len(second))  # 5 models padded to 6
@@ -136,13 +154,12 @@ def _cli_flags(config) -> list[str]:
     return [f"--config.{key}={value}" for key, value in values.items() if given[key] != shipped[key]]
 
 
-def test_two_processes_run_the_command_line_pipeline_in_one_workdir(tmp_path):
-    """`python -m dwf_jax.main --coordinator_address --num_processes --process_id` in two processes of one
-    device each, one workdir (the first writes): the report equals one process of two devices, bitwise, and
-    the same command again loads every stage to the same report."""
+@job("test_two_processes_run_the_command_line_pipeline_in_one_workdir")
+def command_line_in_two_processes(tmp_path: pathlib.Path) -> list[tuple[list[int], list[str], dict]]:
+    """The reference (tmp_path/reports_0.json), then twice the command in two processes: their return codes,
+    outputs and report."""
     _run_worker(["pipeline", str(tmp_path), "0", "1", "0"], devices=2, cwd=tmp_path)
-    expected = _without_timings(json.loads((tmp_path / "reports_0.json").read_text()))[0]
-    workdir, reports = tmp_path / "cli", []
+    workdir, rounds = tmp_path / "cli", []
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "DWF_CACHE_DIR": str(tmp_path)}
     for _ in range(2):
         port = _free_port()
@@ -161,11 +178,28 @@ def test_two_processes_run_the_command_line_pipeline_in_one_workdir(tmp_path):
             for i in range(2)
         ]
         outputs = [worker.communicate(timeout=300)[0] for worker in workers]
-        assert [worker.returncode for worker in workers] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+        returncodes = [worker.returncode for worker in workers]
+        report = json.loads((workdir / "report.json").read_text()) if returncodes == [0, 0] else None
+        rounds.append((returncodes, outputs, report))
+        if report is None:
+            break
+    return rounds
+
+
+def test_two_processes_run_the_command_line_pipeline_in_one_workdir(background):
+    """`python -m dwf_jax.main --coordinator_address --num_processes --process_id` in two processes of one
+    device each, one workdir (the first writes): the report equals one process of two devices, bitwise, and
+    the same command again loads every stage to the same report. (The runs: a background job.)"""
+    rounds = background.result("command_line_in_two_processes")
+    tmp_path = background.folder("command_line_in_two_processes")
+    expected = _without_timings(json.loads((tmp_path / "reports_0.json").read_text()))[0]
+    reports = []
+    for returncodes, outputs, report in rounds:
+        assert returncodes == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
         assert "report:" in outputs[0] and "report:" not in outputs[1]  # the writer prints the summary
-        reports.append(_without_timings([json.loads((workdir / "report.json").read_text())])[0])
+        reports.append(_without_timings([report])[0])
     assert reports == [expected, expected]
-    assert not (workdir / "zoo_chunks").exists()
+    assert not (tmp_path / "cli" / "zoo_chunks").exists()
 
 
 def test_padding_repeats_the_last_model_and_fits_the_mesh():

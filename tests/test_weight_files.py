@@ -115,7 +115,7 @@ def write_zoo_as_safetensors(workdir, folder):
     return zoo
 
 
-def test_an_imported_zoo_replaces_training_bitwise(finished, tmp_path):
+def test_an_imported_zoo_replaces_training_bitwise(finished, workdir, tmp_path):
     zoo = write_zoo_as_safetensors(finished, tmp_path / "zoo")
     assert weight_files.read_metadata(tmp_path / "zoo" / "iris_seed3.safetensors") == {"format": "pt", "seed": 3}
     config = tiny_config()
@@ -123,7 +123,7 @@ def test_an_imported_zoo_replaces_training_bitwise(finished, tmp_path):
     config.zoo.epochs = 1  # unused: nothing is trained
     imported = pipeline.run(config, tmp_path / "imported", progress=False)
     np.testing.assert_array_equal(np.fromfile(tmp_path / "imported" / MATRIX_FILES["zoo"], np.float32), zoo.ravel())
-    trained = pipeline.run(tiny_config(), finished, progress=False)
+    trained = pipeline.run(tiny_config(), workdir, progress=False)  # a copy: the session's run is only read
     for section in ("original", "generated", "diversity"):  # the same zoo, so the same flow and samples
         assert imported[section] == trained[section]
     recorded = Workdir(tmp_path / "imported").verify("zoo")[SOURCE_FILES]
