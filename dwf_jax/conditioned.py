@@ -48,6 +48,10 @@ def check_compatible(configs: Sequence[ml_collections.ConfigDict]) -> None:
             raise ValueError(
                 f"a conditioned flow works on full weights: pca.method must be 'none' ({config.data.name})"
             )
+        if config.zoo.held_out:
+            raise ValueError(
+                f"a conditioned flow trains on every model of each zoo: zoo.held_out must be 0 ({config.data.name})"
+            )
     first = config_as_dict(configs[0])
     for config in configs[1:]:
         other = config_as_dict(config)

@@ -86,6 +86,11 @@ def base_config() -> ml_collections.ConfigDict:
     # replaces zoo training: its first zoo.num_models files in natural order; the files' checksums become the zoo
     # stage's settings. Empty: train the zoo.
     config.zoo.source = ""
+    # A fraction in [0, 1) of the zoo held out of everything that is fitted (the canonical reference's choice, the
+    # PCA, the flow): the LAST round(held_out * num_models) models, so a zoo of seeds 0..N-1 keeps the same training
+    # part as held_out grows and a larger zoo's held-out part is new seeds. The held-out nets are still aligned to the
+    # reference, and the report measures generated nets against them (`report.held_out_section`). 0: none.
+    config.zoo.held_out = 0.0
 
     config.canonical = ml_collections.ConfigDict()
     config.canonical.method = "rebasin"
@@ -142,9 +147,19 @@ def base_config() -> ml_collections.ConfigDict:
     return config
 
 
+def held_out_count(config: ml_collections.ConfigDict) -> int:
+    """Models held out of the fitting: the last round(zoo.held_out * zoo.num_models) of the zoo."""
+    return round(config.zoo.held_out * config.zoo.num_models)
+
+
+def training_count(config: ml_collections.ConfigDict) -> int:
+    """Models the canonical reference, the PCA and the flow see: the zoo's first N - held_out_count."""
+    return config.zoo.num_models - held_out_count(config)
+
+
 def pca_components(config: ml_collections.ConfigDict) -> int:
-    """Resolved number of PCA components (-1 means N-1)."""
-    return config.zoo.num_models - 1 if config.pca.components == -1 else config.pca.components
+    """Resolved number of PCA components (-1 means all N-1 directions of the training models)."""
+    return training_count(config) - 1 if config.pca.components == -1 else config.pca.components
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:

@@ -171,3 +171,19 @@ def novelty(to_originals: np.ndarray, among_originals: np.ndarray) -> dict[str, 
         "generated_to_nearest_original": summary(np.min(to_originals, axis=1)),
         "original_to_nearest_other_original": summary(nearest(among_originals, same_set=True, largest=False)),
     }
+
+
+def generalization_gap(generated_to_training: np.ndarray, held_out_to_training: np.ndarray) -> float:
+    """1 - (mean L2 from a generated net to its nearest training net) / (the same mean of the held-out nets).
+
+    Takes the (M, T) generated-to-training and (H, T) held-out-to-training distances. Held-out nets are fresh draws
+    of the zoo's distribution that nothing was fitted on, so their distance to the training nets is what a generator
+    that generalizes gives: 0 there (exactly 0 for held-out nets measured as if generated), 1 for copies of training
+    nets, negative for nets farther from the training nets than real ones are. Both means are taken against the same
+    training nets, so the sizes of the held-out and generated sets do not bias it (a nearest neighbour among fewer
+    nets is farther away: comparing distances to held-out with distances to training nets would be). NaN when the
+    held-out nets coincide with training nets (no yardstick).
+    """
+    generated = float(np.mean(np.min(generated_to_training, axis=1), dtype=np.float64))
+    yardstick = float(np.mean(np.min(held_out_to_training, axis=1), dtype=np.float64))
+    return 1.0 - generated / yardstick if yardstick > 0 else float("nan")

@@ -77,11 +77,12 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, progress: bool
 def weight_space(
     config: ml_collections.ConfigDict, canonical: ZooStore, flattener: Flattener, work: Workdir
 ) -> WeightSpace:
-    """Full weights (the identity space, pca.method none) or the PCA stage's coefficients."""
+    """Full weights (the identity space, pca.method none) or the PCA stage's coefficients, of the training models."""
     if config.pca.method == "none":
+        training = stages.training_part(config, canonical)
         return WeightSpace(
             f"full weights (D={canonical.dim})",
-            canonical.rows(0, canonical.num_models),
+            training.rows(0, training.num_models),
             lambda samples, path: write_rows(path, samples),
         )
     fitted = work.run("pca", lambda: stages.reduce(config, canonical, work))

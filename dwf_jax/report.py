@@ -8,8 +8,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from dwf_jax import checkpoints, diversity, durable, flow
+from dwf_jax.config import held_out_count, training_count
 from dwf_jax.data import Dataset
-from dwf_jax.evaluate import Distances, novelty, summary
+from dwf_jax.evaluate import Distances, generalization_gap, novelty, summary
 
 ACCURACY, SPEARMAN = "test accuracy (%)", "test Spearman correlation"
 
@@ -34,6 +35,7 @@ def build_report(
     "bn_recalibrated"; the headline accuracy is the last one computed.
     """
     final_accuracy = generated_accuracy.get("bn_recalibrated", generated_accuracy["as_generated"])
+    split = {"held_out": held_out_section(config, evidence, distances)} if held_out_count(config) else {}
     return {
         "metric": SPEARMAN if dataset.regression else ACCURACY,  # what every "accuracy" below measures
         "dataset": {
@@ -72,8 +74,63 @@ def build_report(
         },
         "diversity": diversity_section(evidence, distances),
         "baselines": baselines_section(baselines, evidence),
+        **split,
         "timings": {name: round(seconds, 3) for name, seconds in timings.items()},
     }
+
+
+GAP_DEFINITION = (
+    "1 - mean nearest L2 of generated nets to the training originals / mean nearest L2 of held-out originals to the "
+    "training originals (canonical params): 0 = generated nets lie as far from the training nets as unseen nets of "
+    "the zoo do, 1 = copies of training nets, < 0 = farther than real nets"
+)
+HELD_OUT_DIRECTIONS = {
+    "generated_to_training": ("generated", "training"),
+    "generated_to_held_out": ("generated", "held_out"),
+    "held_out_to_training": ("held_out", "training"),
+}
+
+
+def held_out_section(
+    config: ml_collections.ConfigDict, evidence: dict[str, dict[str, np.ndarray]], distances: Distances
+) -> dict:
+    """New or memorized, against nets nothing was fitted on: nearest L2, max cosine and max IoU of errors of the
+    generated nets to the training and to the held-out originals, the held-out originals' own to the training ones
+    (the yardstick), and the generalization gap (`evaluate.generalization_gap`)."""
+    num_training, num_originals = training_count(config), len(evidence["original"]["wrong"])
+    rows = {
+        "training": slice(0, num_training),
+        "held_out": slice(num_training, num_originals),
+        "generated": slice(num_originals, None),
+    }
+    wrong = np.concatenate([evidence["original"]["wrong"], evidence["generated"]["wrong"]])
+    metrics = {
+        "nearest_l2": (lambda a, b: distances.among_all.distance[a, b], False),
+        "max_cosine": (lambda a, b: distances.among_all.cosine[a, b], True),
+        "max_iou_of_errors": (lambda a, b: np.asarray(diversity.iou(wrong[a], wrong[b])), True),
+    }
+    section = {
+        "split": f"the last {num_originals - num_training} of {num_originals} zoo models (zoo.held_out="
+        f"{config.zoo.held_out}) are held out of the canonical reference, the PCA and the flow",
+        "num_training": num_training,
+        "num_held_out": num_originals - num_training,
+    }
+    for metric, (pairwise, largest) in metrics.items():
+        section[metric] = {
+            direction: _with_values(diversity.nearest(pairwise(rows[source], rows[target]), False, largest))
+            for direction, (source, target) in HELD_OUT_DIRECTIONS.items()
+        }
+    distance = distances.among_all.distance
+    gap = generalization_gap(
+        distance[rows["generated"], rows["training"]], distance[rows["held_out"], rows["training"]]
+    )
+    section["generalization_gap"] = None if np.isnan(gap) else gap
+    section["generalization_gap_definition"] = GAP_DEFINITION
+    return section
+
+
+def _with_values(values: np.ndarray) -> dict:
+    return {**summary(values), "per_model": _per_model(values)}
 
 
 class Baselines(NamedTuple):
@@ -188,8 +245,23 @@ def format_summary(result: dict) -> str:
             f"  {name}: generated -> originals {stats['generated_to_original']['mean']:.3f}, "
             f"originals -> other originals {stats['original_to_original']['mean']:.3f} (mean)"
         )
+    if "held_out" in result:
+        lines.append(_held_out_line(result["held_out"]))
     lines.append("  timings (s): " + ", ".join(f"{name} {seconds:.1f}" for name, seconds in result["timings"].items()))
     return "\n".join(lines)
+
+
+def _held_out_line(section: dict) -> str:
+    gap = section["generalization_gap"]
+    l2, iou = section["nearest_l2"], section["max_iou_of_errors"]
+    return (
+        f"  held out ({section['num_held_out']} of {section['num_training'] + section['num_held_out']} originals): "
+        f"generalization gap {'undefined' if gap is None else format(gap, '.3f')} (0: as new as unseen nets, 1: "
+        f"copies); nearest L2 generated -> training {l2['generated_to_training']['mean']:.3f}, -> held-out "
+        f"{l2['generated_to_held_out']['mean']:.3f}, held-out -> training {l2['held_out_to_training']['mean']:.3f}; "
+        f"max IoU {iou['generated_to_training']['mean']:.3f} / {iou['generated_to_held_out']['mean']:.3f} / "
+        f"{iou['held_out_to_training']['mean']:.3f} (mean)"
+    )
 
 
 def _stats(stats: dict, metric: str) -> str:

@@ -34,6 +34,11 @@ STAGE_KEYS = {
 # 2: each model's class probabilities per test example (the per-example Jensen-Shannon divergence); 3: weight
 # metrics over `params` only, and Zeng et al.'s average and Gaussian baselines.
 STAGE_LAYOUTS = {"diversity": 3, "baselines": 3}
+# The held-out split changes only what is fitted after alignment (the PCA, the flow) and all that follows from it: a
+# zoo, its canonical form (every model aligned to a training reference, on its own) and the baselines (of the whole
+# zoo) stay valid for any split, so a zoo trained before is reused when only zoo.held_out changes.
+HELD_OUT_KEY = "zoo.held_out"
+SPLIT_FREE_STAGES = ("zoo", "canonical", "baselines")
 LAYOUT_KEY = "stage_layout"
 # Keys that change where data comes from or how a stage runs, never its result.
 RESULT_FREE_KEYS = (
@@ -71,6 +76,8 @@ def stage_settings(
         stage: {key: value for key, value in flat.items() if _under(key, prefixes)}
         for stage, prefixes in STAGE_KEYS.items()
     }
+    for stage in SPLIT_FREE_STAGES:
+        settings[stage].pop(HELD_OUT_KEY, None)
     for stage, layout in STAGE_LAYOUTS.items():
         settings[stage][LAYOUT_KEY] = layout
     return settings

@@ -19,14 +19,14 @@ import numpy as np
 from dwf_jax import baselines, bn_recalibration, keys, pca, processes, torch_layout, weight_files, zoo
 from dwf_jax.augment import input_pipeline
 from dwf_jax.canonical import align_models
-from dwf_jax.config import pca_components
+from dwf_jax.config import pca_components, training_count
 from dwf_jax.curves import ZooCurves
 from dwf_jax.data import Dataset
 from dwf_jax.diversity import ColumnRange, Geometry, geometry, weight_quantiles
 from dwf_jax.evaluate import ensemble_accuracy, ensemble_predictions, percent_correct
 from dwf_jax.models import attention_head_groups, build_model, model_initializer, permutation_spec
 from dwf_jax.workdir import Workdir
-from dwf_jax.zoo_store import Flattener, NonFiniteWeights, ZooStore, check_finite, concatenate
+from dwf_jax.zoo_store import FirstRows, Flattener, NonFiniteWeights, ZooStore, check_finite, concatenate
 
 PyTree = Any
 Evaluator = Callable[[PyTree], np.ndarray]
@@ -270,12 +270,19 @@ def canonicalize(
     return {"test_accuracy": store_accuracy(evaluate, canonical, flattener, config.zoo.models_per_chunk)}
 
 
+def training_part(config: ml_collections.ConfigDict, store: ZooStore) -> ZooStore:
+    """The models of a zoo store that anything is fitted on: all but the held-out last ones (`zoo.held_out`)."""
+    count = training_count(config)
+    return store if count == store.num_models else FirstRows(store, count)
+
+
 def reduce(config: ml_collections.ConfigDict, canonical: ZooStore, work: Workdir) -> PyTree:
-    """The PCA stage: components to their file; mean, variances and the zoo's coefficients kept by the stage."""
+    """The PCA stage, fitted on the training models only: components to their file; mean, variances and the training
+    models' coefficients kept by the stage."""
     p = config.pca
     state, coefficients = pca.fit_transform(
         p.method,
-        canonical,
+        training_part(config, canonical),
         pca_components(config),
         block_size(config),
         batch_size=p.batch_size,

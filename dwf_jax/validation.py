@@ -13,7 +13,17 @@ import ml_collections
 
 from dwf_jax import canonical, flow, pca, zoo
 from dwf_jax.bn_recalibration import CALIBRATION_DATA
-from dwf_jax.config import INIT_FIELDS, MODEL_FIELDS, MODEL_NAMES, base_config, config_as_dict, flatten, model_config
+from dwf_jax.config import (
+    INIT_FIELDS,
+    MODEL_FIELDS,
+    MODEL_NAMES,
+    base_config,
+    config_as_dict,
+    flatten,
+    held_out_count,
+    model_config,
+    training_count,
+)
 from dwf_jax.data import DATASETS, NUM_CLASSES, SOURCES, TEXT_DATASETS
 from dwf_jax.keys import MAX_MODELS
 from dwf_jax.models import INIT_SCHEMES, MIXED, attention_head_groups, output_width
@@ -123,6 +133,11 @@ def _validate_zoo(config: ml_collections.ConfigDict) -> None:
     _check_choice(z.compute_dtype, zoo.COMPUTE_DTYPES, "zoo.compute_dtype")
     _check(z.learning_rate > 0, f"zoo.learning_rate={z.learning_rate} must be > 0")
     _check(z.weight_decay >= 0, f"zoo.weight_decay={z.weight_decay} must be >= 0")
+    _check(
+        0.0 <= z.held_out < 1.0 and training_count(config) >= 2,
+        f"zoo.held_out={z.held_out} must be in [0, 1) and leave at least 2 training models: it holds out the last "
+        f"{held_out_count(config)} of zoo.num_models={z.num_models}, leaving {training_count(config)}",
+    )
 
 
 def _validate_canonical(config: ml_collections.ConfigDict) -> None:
@@ -133,8 +148,11 @@ def _validate_canonical(config: ml_collections.ConfigDict) -> None:
         f"canonical.method='transfusion' matches attention heads; model {config.model.name!r} has none (use rebasin)",
     )
     _check(
-        0 <= config.canonical.reference < z.num_models,
-        f"canonical.reference={config.canonical.reference} must index a zoo model (0..{z.num_models - 1})",
+        0 <= config.canonical.reference < training_count(config),
+        f"canonical.reference={config.canonical.reference} must index a zoo model (0..{z.num_models - 1})"
+        if held_out_count(config) == 0
+        else f"canonical.reference={config.canonical.reference} must index a training model "
+        f"(0..{training_count(config) - 1}; zoo.held_out={z.held_out} holds out the rest)",
     )
     _check(config.canonical.max_iter >= 1, f"canonical.max_iter={config.canonical.max_iter} must be >= 1")
 
@@ -143,10 +161,15 @@ def _validate_pca(config: ml_collections.ConfigDict) -> None:
     z = config.zoo
     _check_choice(config.pca.method, pca.METHODS, "pca.method")
     if config.pca.method != "none":
+        most = training_count(config) - 1
         _check(
-            config.pca.components == -1 or 1 <= config.pca.components <= z.num_models - 1,
+            config.pca.components == -1 or 1 <= config.pca.components <= most,
             f"pca.components={config.pca.components} must be -1 (all) "
-            f"or in [1, zoo.num_models - 1 = {z.num_models - 1}]",
+            + (
+                f"or in [1, zoo.num_models - 1 = {most}]"
+                if held_out_count(config) == 0
+                else f"or in [1, training models - 1 = {most}] (zoo.held_out={z.held_out})"
+            ),
         )
     _check(
         not z.on_disk or config.pca.method != "none",

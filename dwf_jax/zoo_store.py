@@ -79,6 +79,34 @@ class MemoryZoo(NamedTuple):
         return self.matrix
 
 
+class FirstRows(NamedTuple):
+    """The first `count` models of a store, read through it (the training part of a zoo with held-out models)."""
+
+    store: ZooStore
+    count: int
+
+    @property
+    def num_models(self) -> int:
+        return self.count
+
+    @property
+    def dim(self) -> int:
+        return self.store.dim
+
+    def read(self, index: int) -> np.ndarray:
+        _check_index(index, self.count)
+        return self.store.read(index)
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        return self.store.rows(min(start, self.count), min(stop, self.count))
+
+    def columns(self, start: int, stop: int) -> np.ndarray:
+        return self.store.columns(start, stop)[: self.count]
+
+    def as_array(self) -> np.ndarray | jax.Array:
+        return self.store.as_array()[: self.count]
+
+
 class FileZoo(NamedTuple):
     """A zoo as a raw row-major (N, D) float32 file, read with positioned reads.
 
