@@ -158,7 +158,7 @@ def test_pytorch_files_load_without_running_code(tmp_path):
     torch = pytest.importorskip("torch")
     config, variables = random_variables("smallcnn")
     state_dict = torch_layout.to_state_dict(config, variables)
-    torch.save({"state_dict": {key: torch.from_numpy(value) for key, value in state_dict.items()}}, tmp_path / "a.pt")
+    torch.save({"state_dict": {key: torch.tensor(value) for key, value in state_dict.items()}}, tmp_path / "a.pt")
     loaded = weight_files.read_state_dict(tmp_path / "a.pt")
     assert list(loaded) == list(state_dict)
     jax.tree.map(np.testing.assert_array_equal, loaded, state_dict)
