@@ -16,7 +16,6 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-import jax
 import numpy as np
 from absl import app, flags
 
@@ -24,7 +23,7 @@ from dwf_jax import torch_layout, weight_files
 from dwf_jax.commands import INPUT_ERRORS
 from dwf_jax.config import config_as_dict
 from dwf_jax.generator import Generator, finished_stages
-from dwf_jax.zoo_store import Flattener, unstack
+from dwf_jax.zoo_store import Flattener, stack, unstack
 
 PyTree = Any
 NETS = ("generated", "canonical")
@@ -82,7 +81,7 @@ def export(workdir: str | os.PathLike, out: str | os.PathLike, nets: str = "gene
         path = out / f"{nets}.safetensors"
         _refuse_existing([path])
         state_dicts = [torch_layout.to_state_dict(config.model, variables) for variables in models]
-        arrays = jax.tree.map(lambda *leaves: np.stack(leaves), *state_dicts)
+        arrays = stack(state_dicts)
         out.mkdir(parents=True, exist_ok=True)
         weight_files.write_safetensors(path, arrays, {**header, "accuracy": accuracy.tolist()})
         return [path]

@@ -26,7 +26,7 @@ from dwf_jax.diversity import ColumnRange, Geometry, geometry, weight_quantiles
 from dwf_jax.evaluate import ensemble_accuracy, ensemble_predictions, percent_correct
 from dwf_jax.models import attention_head_groups, build_model, model_initializer, permutation_spec
 from dwf_jax.workdir import Workdir
-from dwf_jax.zoo_store import FirstRows, Flattener, NonFiniteWeights, ZooStore, check_finite, concatenate
+from dwf_jax.zoo_store import FirstRows, Flattener, NonFiniteWeights, ZooStore, check_finite, concatenate, stack
 
 PyTree = Any
 Evaluator = Callable[[PyTree], np.ndarray]
@@ -240,7 +240,7 @@ def import_zoo(
             models = [
                 _imported_model(config, path, template) for path in files[start : start + config.zoo.models_per_chunk]
             ]
-            stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *models)
+            stacked = stack(models)
             check_finite(stacked, f"the imported zoo {config.zoo.source}", "Check the files, or retrain those nets.")
             accuracies.append(evaluate(stacked))
             yield from flattener.rows(stacked)

@@ -340,6 +340,11 @@ def unstack(stacked: PyTree, index: int) -> PyTree:
     return jax.tree.map(lambda leaf: leaf[index], stacked)
 
 
+def stack(models: Sequence[PyTree]) -> PyTree:
+    """Single models (or per-model trees) as one stacked tree with a leading model axis, as numpy."""
+    return jax.tree.map(lambda *leaves: np.stack([np.asarray(leaf) for leaf in leaves]), *models)
+
+
 def concatenate(parts: Sequence[PyTree]) -> PyTree:
     """Stacked zoos (or stacked per-model results) joined along the model axis, as numpy."""
     return jax.tree.map(lambda *leaves: np.concatenate([np.asarray(leaf) for leaf in leaves]), *parts)

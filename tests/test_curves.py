@@ -7,13 +7,11 @@ import shutil
 import numpy as np
 import optax
 import pytest
-from tiny_runs import tiny_config
+from tiny_runs import tiny_config, train_iris_models
 
-from dwf_jax import curves, flow, pipeline, processes, session, stages, zoo
-from dwf_jax.augment import input_pipeline
+from dwf_jax import curves, flow, pipeline, processes, session, stages
 from dwf_jax.data import load_dataset
 from dwf_jax.flow_stage import train_flow_stage
-from dwf_jax.models import MLP
 from dwf_jax.session import WorkdirLink
 from dwf_jax.workdir import FORMAT_FILE, Workdir
 
@@ -94,22 +92,9 @@ def test_a_run_and_its_resumption_write_one_point_per_epoch_and_flow_chunk(tmp_p
 
 def test_zoo_curves_hold_each_epochs_losses(tmp_path):
     """Epoch e's points are the mean and max over the models of what a training of e epochs returns."""
-    data = load_dataset("iris")
 
     def train(epochs: int, on_epoch: curves.ZooCurves | None = None) -> np.ndarray:
-        return zoo.train_models(
-            MLP((16, 3)),
-            zoo.make_optimizer("adam", 1e-2, 0.0),
-            data.x_train,
-            data.y_train,
-            seed=7,
-            model_indices=np.arange(3),
-            epochs=epochs,
-            batch_size=16,
-            inputs=input_pipeline("iris"),
-            progress=False,
-            on_epoch=on_epoch,
-        )[1]
+        return train_iris_models(np.arange(3), epochs, on_epoch=on_epoch)[1]
 
     with curves.ZooCurves(tmp_path, optax.constant_schedule(1e-2), steps_per_epoch=8) as on_epoch:
         returned = {3: train(3, on_epoch)}

@@ -24,8 +24,9 @@ def tiny_config():
     return config
 
 
-def train_iris_models(indices, epochs: int = 3, saves=None, compute_dtype: str = "float32"):
-    """Iris MLPs of the given model indices (seed 7): stacked variables and last-epoch losses (`saves`: every epoch)."""
+def train_iris_models(indices, epochs: int = 3, saves=None, compute_dtype: str = "float32", on_epoch=None):
+    """Iris MLPs of the given model indices (seed 7): stacked variables and last-epoch losses (`saves`: every epoch;
+    `on_epoch`: each epoch's losses, as train_models gives them)."""
     data = load_dataset("iris")
     return zoo.train_models(
         MLP((16, 3)),
@@ -40,6 +41,7 @@ def train_iris_models(indices, epochs: int = 3, saves=None, compute_dtype: str =
         progress=False,
         saves=saves,
         compute_dtype=compute_dtype,
+        on_epoch=on_epoch,
     )
 
 
