@@ -118,6 +118,12 @@ def base_config() -> ml_collections.ConfigDict:
     config.flow.source_std = 0.01
     config.flow.time_distribution = "uniform"
     config.flow.beta = (2.0, 5.0)
+    # Noise (std, in the flow's space) added to each minibatch's targets: a regularizer against copying members.
+    config.flow.target_noise = 0.0
+    # Keep the flow's parameters of the validate_every step with the lowest flow-matching loss on the held-out
+    # models (needs zoo.held_out > 0; they then choose the stopping step) instead of the last step's.
+    config.flow.early_stopping = False
+    config.flow.validate_every = 1000
     config.flow.steps_per_dispatch = 1000
     config.flow.checkpoint_every = 5000
 
@@ -144,6 +150,11 @@ def base_config() -> ml_collections.ConfigDict:
     # (K capped at the zoo's size; 0: none), and draws from the zoo's per-weight Gaussian (-1: as many as the zoo).
     config.baselines.average_of = 16
     config.baselines.gaussian = -1
+    # Models per noise, average and Gaussian ensemble: the noise moves the first num_models canonical originals
+    # (with a held-out part: training ones when it is at most the training count). 0: as many as the zoo. A large
+    # zoo's ensembles cost (ensemble x zoo) comparisons each; as many as the generated ensemble compares like with
+    # like.
+    config.baselines.num_models = 0
     return config
 
 

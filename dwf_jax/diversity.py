@@ -23,8 +23,10 @@ from dwf_jax.zoo_store import ZooStore, map_column_blocks, stacked_columns
 # Quantiles of each model's weights kept for the Wasserstein distance (all of them when D is smaller).
 NUM_QUANTILES = 1024
 # Elements of the largest (target models, examples, classes) block the per-example Jensen-Shannon holds:
-# 2**24 float32 = 64 MB (100 targets x 16,777 examples of 10 classes).
-JS_BLOCK_ELEMENTS = 2**24
+# 2**20 float32 = 4 MB (128 targets x 819 examples of 10 classes).
+JS_BLOCK_ELEMENTS = 2**20
+# Target models compared at a time by the per-example Jensen-Shannon.
+JS_TILE = 128
 DIRECTIONS = {
     "original_to_original": ("original", "original"),
     "original_to_generated": ("original", "generated"),
@@ -51,30 +53,44 @@ def _summed_jensen_shannon(p: jax.Array, q: jax.Array) -> jax.Array:
     """(A, B) Jensen-Shannon divergences (nats) of p (A, b, C) and q (B, b, C), summed over the b examples.
 
     A source model at a time, so only (B, b, C) is held. Each term is (p log p + q log q) / 2 - m log m
-    with m = (p + q) / 2, exactly 0 for a copy (m = p).
+    with m = (p + q) / 2: p log p and q log q are taken once per model, not once per pair, so a pair costs one
+    logarithm per entry; a copy (m = p) gives the same p log p on both sides, exactly 0.
     """
+    p_entropy, q_entropy = xlogy(p, p), xlogy(q, q)
 
-    def row(p_row: jax.Array) -> jax.Array:
+    def row(pair: tuple[jax.Array, jax.Array]) -> jax.Array:
+        p_row, p_row_entropy = pair
         middle = (p_row + q) / 2
-        terms = 0.5 * (xlogy(p_row, p_row) + xlogy(q, q)) - xlogy(middle, middle)
+        terms = 0.5 * (p_row_entropy + q_entropy) - xlogy(middle, middle)
         return jnp.sum(terms, axis=(1, 2))
 
-    return jax.lax.map(row, p)
+    return jax.lax.map(row, (p, p_entropy))
 
 
-def per_example_jensen_shannon(p: np.ndarray, q: np.ndarray, block_elements: int = JS_BLOCK_ELEMENTS) -> np.ndarray:
+def per_example_jensen_shannon(
+    p: np.ndarray, q: np.ndarray, block_elements: int = JS_BLOCK_ELEMENTS, tile: int = JS_TILE
+) -> np.ndarray:
     """(A, B) mean over the test inputs of the Jensen-Shannon divergence (bits, in [0, 1]) between two models'
     predicted class probabilities p (A, n, C) and q (B, n, C): Table 17's JS, 0 only for models that predict alike.
 
-    Streamed over blocks of examples (at most `block_elements` of q's at a time), so 100 x 100 models of
-    10,000 examples x 10 classes fit in memory.
+    Streamed over `tile` target models and blocks of examples (at most `block_elements` of q's at a time), so
+    1000 x 1000 models of 10,000 examples x 10 classes fit in memory. Within one set (p is q) each pair is
+    computed once and mirrored: JS is symmetric.
     """
+    within = p is q
     num_targets, num_examples, num_classes = q.shape
-    block = max(1, min(num_examples, block_elements // (num_targets * num_classes)))
     total = np.zeros((len(p), num_targets))
-    for start in range(0, num_examples, block):
-        part = _summed_jensen_shannon(p[:, start : start + block], q[:, start : start + block])
-        total += np.asarray(part, np.float64)
+    for first in range(0, num_targets, tile):
+        targets = slice(first, min(first + tile, num_targets))
+        sources = slice(0, targets.stop) if within else slice(None)
+        width = targets.stop - targets.start
+        block = max(1, min(num_examples, block_elements // (width * num_classes)))
+        for start in range(0, num_examples, block):
+            examples = slice(start, start + block)
+            part = _summed_jensen_shannon(p[sources, examples], q[targets, examples])
+            total[sources, targets] += np.asarray(part, np.float64)
+    if within:
+        total = np.triu(total) + np.triu(total, 1).T
     return np.maximum(total / (num_examples * np.log(2.0)), 0.0)
 
 
@@ -197,31 +213,55 @@ class Evidence(NamedTuple):
     quantiles: np.ndarray  # (M, Q) quantile function of each model's weights
 
 
-def per_model(original: Evidence, generated: Evidence, shape: Geometry) -> dict[str, dict[str, np.ndarray]]:
+# The metrics read from each ensemble's `Evidence`: (pairwise matrix of two sets, whether larger is nearer).
+EVIDENCE_METRICS = {
+    "max_iou_of_errors": (lambda a, b: iou(a.wrong, b.wrong), True),
+    "min_jensen_shannon_per_example": (
+        lambda a, b: per_example_jensen_shannon(a.probabilities, b.probabilities),
+        False,
+    ),
+    "min_jensen_shannon_of_marginals": (lambda a, b: jensen_shannon(a.class_distribution, b.class_distribution), False),
+    "min_wasserstein": (lambda a, b: wasserstein(a.quantiles, b.quantiles), False),
+}
+
+
+def within(evidence: Evidence) -> dict[str, np.ndarray]:
+    """Each model's value against its nearest other model of the same set, per evidence metric: a zoo's own
+    original_to_original values, computed once per zoo (the zoo_diversity stage) for every ensemble compared."""
+    return {
+        name: nearest(np.asarray(pairwise(evidence, evidence)), same_set=True, largest=largest)
+        for name, (pairwise, largest) in EVIDENCE_METRICS.items()
+    }
+
+
+def per_model(
+    original: Evidence,
+    generated: Evidence,
+    shape: Geometry,
+    original_to_original: dict[str, np.ndarray] | None = None,
+) -> dict[str, dict[str, np.ndarray]]:
     """For every metric and direction, each source model's value against its nearest target model.
 
-    `shape` holds the originals first, then the generated models.
+    `shape` holds the originals first, then the generated models. Every metric is symmetric, so each pair of
+    sets is compared once (original_to_generated is generated_to_original's matrix seen from the other side);
+    `original_to_original` (`within(original)`, computed before) spares the N x N comparison of the zoo.
     """
     sets = {"original": original, "generated": generated}
     split = len(original.wrong)
     rows = {"original": slice(0, split), "generated": slice(split, None)}
-    metrics = {
-        "max_iou_of_errors": (lambda a, b: iou(a.wrong, b.wrong), True),
-        "min_jensen_shannon_per_example": (
-            lambda a, b: per_example_jensen_shannon(a.probabilities, b.probabilities),
-            False,
-        ),
-        "min_jensen_shannon_of_marginals": (
-            lambda a, b: jensen_shannon(a.class_distribution, b.class_distribution),
-            False,
-        ),
-        "min_wasserstein": (lambda a, b: wasserstein(a.quantiles, b.quantiles), False),
-    }
-    result: dict[str, dict[str, np.ndarray]] = {name: {} for name in (*metrics, "nearest_l2", "max_cosine")}
+    known = {"original_to_original": original_to_original} if original_to_original is not None else {}
+    names = (*EVIDENCE_METRICS, "nearest_l2", "max_cosine")
+    result: dict[str, dict[str, np.ndarray]] = {name: {} for name in names}
+    matrices: dict[tuple[str, str, str], np.ndarray] = {}
     for direction, (source, target) in DIRECTIONS.items():
         same = source == target
-        for name, (pairwise, largest) in metrics.items():
-            matrix = np.asarray(pairwise(sets[source], sets[target]))
+        for name, (pairwise, largest) in EVIDENCE_METRICS.items():
+            if direction in known:
+                result[name][direction] = known[direction][name]
+                continue
+            mirrored = matrices.get((name, target, source))
+            matrix = mirrored.T if mirrored is not None else np.asarray(pairwise(sets[source], sets[target]))
+            matrices[(name, source, target)] = matrix
             result[name][direction] = nearest(matrix, same, largest)
         block = (rows[source], rows[target])
         result["nearest_l2"][direction] = nearest(shape.distance[block], same, largest=False)

@@ -49,6 +49,7 @@ def train_flow_stage(
     num_conditions: int = 0,
     curves: pathlib.Path | None = None,
     condition_dim: int = 0,
+    held_out: jax.Array | None = None,
 ) -> PyTree:
     """Train the flow on the zoo in its space ((N, D) weights or (N, k) coefficients), with checkpoints.
 
@@ -56,8 +57,12 @@ def train_flow_stage(
     A support-conditioned flow (`condition_dim` > 0) takes `conditions` = (bank (G, B, condition_dim), group (N,)):
     each step each row sees one of its group's B support embeddings (`flow.make_train_chunk`).
     `curves`: the folder of its training curves (`dwf_jax.curves.flow_scalars` after each dispatched chunk).
+    `held_out`: the held-out models in the flow's space; with flow.early_stopping the parameters kept are those of
+    the flow.validate_every step with the lowest flow-matching loss on them (`EarlyStopping`).
     """
     f = config.flow
+    if f.early_stopping and (held_out is None or num_conditions or condition_dim):
+        raise ValueError("flow.early_stopping needs an unconditioned flow and held-out models (zoo.held_out > 0)")
     model = build_flow(config, weights.shape[1], num_conditions, condition_dim)
     if condition_dim:
         conditions = (jnp.asarray(conditions[0], jnp.float32), jnp.asarray(conditions[1], jnp.int32))
@@ -79,11 +84,16 @@ def train_flow_stage(
         sigma=f.sigma,
         time_distribution=f.time_distribution,
         beta=tuple(f.beta),
+        target_noise=f.target_noise,
     )
     losses = np.zeros(f.iterations, np.float32)
-    restored = saves.restore_latest({"state": state, "losses": losses})
+    stopping = EarlyStopping.start(config, model, source, state.params) if f.early_stopping else None
+    saved = {"state": state, "losses": losses} | ({"stopping": stopping.saved()} if stopping else {})
+    restored = saves.restore_latest(saved)
     if restored is not None:
         state, losses = flow.FlowState(*restored[1]["state"]), restored[1]["losses"]
+        if stopping:
+            stopping.restore(restored[1]["stopping"])
         logging.info("flow: resuming from step %d", int(state.step))
     train_key = jax.random.fold_in(root, 1)
     bar = tqdm(total=f.iterations, initial=int(state.step), desc="flow", unit="step", disable=not progress)
@@ -94,11 +104,14 @@ def train_flow_stage(
         while int(state.step) < f.iterations:
             step = int(state.step)
             num_steps = min(f.steps_per_dispatch, f.iterations - step, f.checkpoint_every - step % f.checkpoint_every)
+            if stopping:
+                num_steps = min(num_steps, f.validate_every - step % f.validate_every)
             state, chunk_losses = train_chunk(state, train_key, weights, num_steps, conditions)
             losses[step : step + num_steps] = np.asarray(chunk_losses)
-            curve_writer.log(
-                step + num_steps, flow_scalars(losses[step : step + num_steps], step + num_steps, learning_rate)
-            )
+            scalars = flow_scalars(losses[step : step + num_steps], step + num_steps, learning_rate)
+            if stopping and stopping.due(step + num_steps):
+                scalars["flow/held_out_loss"] = stopping.evaluate(step + num_steps, state.params, held_out)
+            curve_writer.log(step + num_steps, scalars)
             if not np.all(np.isfinite(chunk_losses)):
                 raise FloatingPointError(
                     f"flow loss became non-finite near step {step + num_steps}: the flow diverged. Lower "
@@ -106,7 +119,10 @@ def train_flow_stage(
                     "finished stages are kept"
                 )
             if int(state.step) % f.checkpoint_every == 0 or int(state.step) == f.iterations:
-                saves.save(int(state.step), {"state": state, "losses": losses})
+                saves.save(
+                    int(state.step),
+                    {"state": state, "losses": losses} | ({"stopping": stopping.saved()} if stopping else {}),
+                )
             bar.update(num_steps)
             bar.set_postfix(loss=f"{float(jnp.mean(chunk_losses)):.3e}")
     steps_run = f.iterations - start_step
@@ -114,7 +130,63 @@ def train_flow_stage(
         "flow: %d steps in this run, %.2f ms/step", steps_run, 1e3 * (time.perf_counter() - start) / max(1, steps_run)
     )
     num_params = sum(leaf.size for leaf in jax.tree.leaves(state.params))
-    return {"params": state.params, "losses": losses, "num_params": np.asarray(num_params)}
+    result = {"params": state.params, "losses": losses, "num_params": np.asarray(num_params)}
+    if stopping:
+        logging.info("flow: early stopping keeps step %d of %d", stopping.best_step, f.iterations)
+        result |= {
+            "params": stopping.best_params,
+            "held_out_losses": stopping.held_out_losses,
+            "best_step": np.asarray(stopping.best_step),
+        }
+    return result
+
+
+class EarlyStopping:
+    """The held-out models' flow-matching loss every flow.validate_every steps (and at the last), and the
+    parameters of the step where it was lowest. Its state is saved with each checkpoint, so a resumed run keeps
+    the same best step as an uninterrupted one."""
+
+    def __init__(self, config: ml_collections.ConfigDict, validation_loss, params: PyTree) -> None:
+        f = config.flow
+        self.every, self.iterations = f.validate_every, f.iterations
+        self.validation_loss = validation_loss
+        self.key = jax.random.fold_in(keys.stage_key(config.seed, "flow"), 2)
+        self.held_out_losses = np.full(-(-f.iterations // f.validate_every), np.nan, np.float32)
+        self.best_params, self.best_step = jax.device_get(params), 0
+
+    @classmethod
+    def start(
+        cls, config: ml_collections.ConfigDict, model: flow.VelocityField, source: flow.Source, params: PyTree
+    ) -> "EarlyStopping":
+        f = config.flow
+        validation_loss = flow.make_validation_loss(
+            model, source=source, sigma=f.sigma, time_distribution=f.time_distribution, beta=tuple(f.beta)
+        )
+        return cls(config, validation_loss, params)
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0 or step == self.iterations
+
+    def evaluate(self, step: int, params: PyTree, held_out: jax.Array) -> float:
+        """Record the held-out loss at `step`; keep a copy of `params` (the next chunk reuses their buffers) if
+        it is the lowest so far."""
+        loss = float(self.validation_loss(params, self.key, held_out))
+        earlier = self.held_out_losses[~np.isnan(self.held_out_losses)]
+        self.held_out_losses[-(-step // self.every) - 1] = loss
+        if earlier.size == 0 or loss < earlier.min():
+            self.best_params, self.best_step = jax.device_get(params), step
+        return loss
+
+    def saved(self) -> dict:
+        return {
+            "held_out_losses": self.held_out_losses,
+            "best_params": self.best_params,
+            "best_step": np.asarray(self.best_step),
+        }
+
+    def restore(self, saved: dict) -> None:
+        self.held_out_losses = np.asarray(saved["held_out_losses"])
+        self.best_params, self.best_step = saved["best_params"], int(saved["best_step"])
 
 
 def sample_flow(

@@ -16,13 +16,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from dwf_jax import keys, processes, report, stages
-from dwf_jax.config import pca_components
+from dwf_jax import diversity, keys, pca, processes, report, stages
+from dwf_jax.config import pca_components, training_count
 from dwf_jax.data import Dataset, load_configured
 from dwf_jax.evaluate import percent_correct, zoo_distances
 from dwf_jax.flow import Source
 from dwf_jax.flow_stage import flow_source, sample_flow, train_flow_stage
-from dwf_jax.pca import inverse_transform_to_file
 from dwf_jax.pretrained import checkpoint_file
 from dwf_jax.session import opened
 from dwf_jax.settings import PRETRAINED_FILES, SOURCE_FILES, stage_settings
@@ -39,6 +38,7 @@ class WeightSpace(NamedTuple):
     description: str
     data: np.ndarray  # (N, k): the zoo in this space
     write_weights: Callable[[np.ndarray, pathlib.Path], ZooStore]  # (M, k) samples -> (M, D) weight file
+    held_out: Callable[[], np.ndarray]  # the held-out models (zoo.held_out) in this space, for early stopping
 
 
 class Interrupted(KeyboardInterrupt):
@@ -84,6 +84,7 @@ def weight_space(
             f"full weights (D={canonical.dim})",
             training.rows(0, training.num_models),
             lambda samples, path: write_rows(path, samples),
+            lambda: canonical.rows(training.num_models, canonical.num_models),
         )
     fitted = work.run("pca", lambda: stages.reduce(config, canonical, work))
     num_components = pca_components(config)
@@ -91,7 +92,8 @@ def weight_space(
     return WeightSpace(
         f"{config.pca.method} PCA, {num_components} components of D={canonical.dim}",
         fitted["coefficients"],
-        lambda samples, path: inverse_transform_to_file(state, samples, path, stages.block_size(config)),
+        lambda samples, path: pca.inverse_transform_to_file(state, samples, path, stages.block_size(config)),
+        lambda: np.asarray(pca.transform(state, canonical.rows(training_count(config), canonical.num_models))),
     )
 
 
@@ -156,7 +158,15 @@ def run_stages(config: ml_collections.ConfigDict, dataset: Dataset, work: Workdi
     source = flow_source(config, template)
     flow = work.run(
         "flow",
-        lambda: train_flow_stage(config, jnp.asarray(space.data), source, saves, progress, curves=work.flow_curves),
+        lambda: train_flow_stage(
+            config,
+            jnp.asarray(space.data),
+            source,
+            saves,
+            progress,
+            curves=work.flow_curves,
+            held_out=jnp.asarray(space.held_out()) if config.flow.early_stopping else None,
+        ),
     )
     work.run("samples", lambda: generate(config, flow["params"], space, source, work, progress))
     generated = stages.open_stage(config, work, "samples", config.sample.num_samples, flattener)
@@ -171,6 +181,12 @@ def run_stages(config: ml_collections.ConfigDict, dataset: Dataset, work: Workdi
             "original": stages.store_evidence(predict, original, canonical, flattener, group),
             "generated": stages.store_evidence(predict, generated, generated, flattener, group, statistics),
         },
+    )
+    within_zoo = work.run(
+        "zoo_diversity",
+        lambda: diversity.within(
+            diversity.Evidence(**stages.store_evidence(predict, original, canonical, flattener, group))
+        ),
     )
     # Scored from the diversity evidence where it saw the same ensemble, so each ensemble is evaluated once: only
     # the accuracy before BN recalibration and regression's Spearman correlation need an evaluation of their own.
@@ -219,6 +235,7 @@ def run_stages(config: ml_collections.ConfigDict, dataset: Dataset, work: Workdi
         ),
         generated_accuracy=accuracy,
         evidence=evidence,
+        within_zoo=within_zoo,
         baselines=compared,
         flow=flow,
         weight_space=space.description,

@@ -24,6 +24,7 @@ def build_report(
     distances: Distances,
     generated_accuracy: dict[str, np.ndarray],
     evidence: dict[str, dict[str, np.ndarray]],
+    within_zoo: dict[str, np.ndarray],
     baselines: "Baselines | None",
     flow: dict[str, Any],
     weight_space: str,
@@ -36,6 +37,7 @@ def build_report(
     """
     final_accuracy = generated_accuracy.get("bn_recalibrated", generated_accuracy["as_generated"])
     split = {"held_out": held_out_section(config, evidence, distances)} if held_out_count(config) else {}
+    measured = diversity_per_model(evidence, distances, within_zoo)
     return {
         "metric": SPEARMAN if dataset.regression else ACCURACY,  # what every "accuracy" below measures
         "dataset": {
@@ -61,6 +63,7 @@ def build_report(
             "num_params": int(flow["num_params"]),
             "iterations": config.flow.iterations,
             "final_loss_mean_last_100": float(np.mean(flow["losses"][-100:])),
+            **early_stopping_section(config, flow),
         },
         "generated": {
             "num_samples": len(final_accuracy),
@@ -72,8 +75,8 @@ def build_report(
             "nfe": flow_nfe(config),
             "novelty": novelty(distances.generated_to_canonical, distances.canonical_to_canonical),
         },
-        "diversity": diversity_section(evidence, distances),
-        "baselines": baselines_section(baselines, evidence),
+        "diversity": _summaries(measured),
+        "baselines": baselines_section(baselines, evidence, measured),
         **split,
         "timings": {name: round(seconds, 3) for name, seconds in timings.items()},
     }
@@ -157,14 +160,24 @@ def _summaries(per_model: dict[str, dict[str, np.ndarray]], other: str = "genera
     }
 
 
-def diversity_section(evidence: dict[str, dict[str, np.ndarray]], distances: Distances) -> dict:
-    """Per metric and direction (Table 17), every model's value against its nearest other model, and their spread."""
+def diversity_per_model(
+    evidence: dict[str, dict[str, np.ndarray]], distances: Distances, within_zoo: dict[str, np.ndarray]
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per metric and direction (Table 17), every model's value against its nearest other model; the zoo's own
+    values (`within_zoo`) are the zoo_diversity stage's."""
     original, generated = (diversity.Evidence(**evidence[name]) for name in ("original", "generated"))
-    return _summaries(diversity.per_model(original, generated, distances.among_all))
+    return diversity.per_model(original, generated, distances.among_all, within_zoo)
 
 
-def baselines_section(baselines: Baselines | None, evidence: dict[str, dict[str, np.ndarray]]) -> dict:
-    """Accuracy and diversity of each baseline ensemble against the originals, as for the generated one."""
+def baselines_section(
+    baselines: Baselines | None,
+    evidence: dict[str, dict[str, np.ndarray]],
+    measured: dict[str, dict[str, np.ndarray]],
+) -> dict:
+    """Accuracy and diversity of each baseline ensemble against the originals, as for the generated one.
+
+    The originals' own values are `measured`'s (the zoo_diversity stage's).
+    """
     if baselines is None:
         return {}
     original = diversity.Evidence(**evidence["original"])
@@ -179,9 +192,31 @@ def baselines_section(baselines: Baselines | None, evidence: dict[str, dict[str,
         section[name] = {
             "accuracy": summary(accuracy),
             "per_model": np.round(accuracy, 4).tolist(),
-            "diversity": _summaries(diversity.per_model(original, ensemble, shape), other="baseline"),
+            "diversity": _summaries(
+                diversity.per_model(original, ensemble, shape, _direction(measured, "original_to_original")),
+                other="baseline",
+            ),
         }
     return section
+
+
+def _direction(per_model: dict[str, dict[str, np.ndarray]], direction: str) -> dict[str, np.ndarray]:
+    return {metric: directions[direction] for metric, directions in per_model.items()}
+
+
+def early_stopping_section(config: ml_collections.ConfigDict, flow: dict[str, Any]) -> dict:
+    """With flow.early_stopping: the step kept and the held-out models' flow loss at each validated step."""
+    if "best_step" not in flow:
+        return {}
+    every, iterations = config.flow.validate_every, config.flow.iterations
+    steps = [min(step, iterations) for step in range(every, iterations + every, every)]
+    return {
+        "early_stopping": {
+            "best_step": int(flow["best_step"]),
+            "steps": steps,
+            "held_out_loss": np.asarray(flow["held_out_losses"], np.float64).round(8).tolist(),
+        }
+    }
 
 
 def model_fields(model_config: ml_collections.ConfigDict) -> dict:
@@ -230,6 +265,12 @@ def format_summary(result: dict) -> str:
         f"  sampler: {generated_section['ode_method']} x {generated_section['ode_steps']} steps = "
         f"{generated_section['nfe']} flow evaluations; {result['flow']['weight_space']}"
     )
+    stopping = result["flow"].get("early_stopping")
+    if stopping:
+        lines.append(
+            f"  early stopping: kept step {stopping['best_step']} of {result['flow']['iterations']} "
+            f"(held-out flow loss {min(stopping['held_out_loss']):.4g}, last {stopping['held_out_loss'][-1]:.4g})"
+        )
     lines.append(
         "  novelty: generated -> nearest original {:.3f} (mean), originals -> nearest other {:.3f} (mean)".format(
             novelty_stats["generated_to_nearest_original"]["mean"],

@@ -27,6 +27,7 @@ STAGE_KEYS = {
     "bn_stats": (*_SAMPLE_KEYS, "bn"),
     "eval_recalibrated": (*_SAMPLE_KEYS, "bn"),
     "diversity": (*_SAMPLE_KEYS, "bn"),
+    "zoo_diversity": CANONICAL_KEYS,
     "baselines": (*CANONICAL_KEYS, "baselines", "bn"),
 }
 # What a stage stores, for the stages whose contents a dwf_jax version changed: a finished stage of an older
@@ -35,10 +36,11 @@ STAGE_KEYS = {
 # metrics over `params` only, and Zeng et al.'s average and Gaussian baselines.
 STAGE_LAYOUTS = {"diversity": 3, "baselines": 3}
 # The held-out split changes only what is fitted after alignment (the PCA, the flow) and all that follows from it: a
-# zoo, its canonical form (every model aligned to a training reference, on its own) and the baselines (of the whole
-# zoo) stay valid for any split, so a zoo trained before is reused when only zoo.held_out changes.
+# zoo, its canonical form (every model aligned to a training reference, on its own), the zoo's own diversity and the
+# baselines (of the whole zoo) stay valid for any split, so a zoo trained before is reused when only zoo.held_out
+# changes.
 HELD_OUT_KEY = "zoo.held_out"
-SPLIT_FREE_STAGES = ("zoo", "canonical", "baselines")
+SPLIT_FREE_STAGES = ("zoo", "canonical", "zoo_diversity", "baselines")
 LAYOUT_KEY = "stage_layout"
 # Keys that change where data comes from or how a stage runs, never its result.
 RESULT_FREE_KEYS = (

@@ -323,17 +323,22 @@ def average_size(config: ml_collections.ConfigDict) -> int:
     return min(config.baselines.average_of, config.zoo.num_models)
 
 
+def ensemble_size(config: ml_collections.ConfigDict) -> int:
+    """Models of each noise, average and (by default) Gaussian ensemble: `baselines.num_models`, 0 for the zoo's."""
+    return config.baselines.num_models or config.zoo.num_models
+
+
 def gaussian_count(config: ml_collections.ConfigDict) -> int:
-    """Models drawn from the zoo's per-weight Gaussian: `baselines.gaussian`, -1 for as many as the zoo."""
-    return config.zoo.num_models if config.baselines.gaussian == -1 else config.baselines.gaussian
+    """Models drawn from the zoo's per-weight Gaussian: `baselines.gaussian`, -1 for as many as the other ensembles."""
+    return ensemble_size(config) if config.baselines.gaussian == -1 else config.baselines.gaussian
 
 
 def baseline_groups(config: ml_collections.ConfigDict) -> list[tuple[str, int]]:
     """(name, number of models) of each baseline ensemble, in the order of the baselines stage's rows.
 
-    Every ensemble but the mixtures has as many models as the zoo it is compared with.
+    Every ensemble but the mixtures has `ensemble_size` models (by default as many as the zoo).
     """
-    b, num_models = config.baselines, config.zoo.num_models
+    b, num_models = config.baselines, ensemble_size(config)
     groups = [(f"noise_std_{std:g}", num_models) for std in b.noise_stds]
     groups += [(f"mixtures_of_{b.mix}", b.mixtures)] if b.mixtures else []
     groups += [(f"average_of_{average_size(config)}", num_models)] if b.average_of else []
@@ -355,10 +360,10 @@ def baseline_ensembles(
     recalibrated like every other ensemble's when `recalibrate_bn`.
     """
     b, key = config.baselines, keys.stage_key(config.seed, "baselines")
-    params, num_models = flattener.params_columns(), canonical.num_models
+    params, num_models, count = flattener.params_columns(), canonical.num_models, ensemble_size(config)
+    moved = canonical if count == num_models else FirstRows(canonical, count)
     parts = [
-        baselines.noisy(canonical, std, jax.random.fold_in(key, number), params)
-        for number, std in enumerate(b.noise_stds)
+        baselines.noisy(moved, std, jax.random.fold_in(key, number), params) for number, std in enumerate(b.noise_stds)
     ]
     if b.mixtures:
         plan = baselines.mixture_plan(
@@ -367,7 +372,7 @@ def baseline_ensembles(
         parts.append(baselines.mixtures(canonical, *plan))
     if b.average_of:
         chosen = baselines.subsets(
-            jax.random.fold_in(key, len(b.noise_stds) + 1), num_models, num_models, average_size(config)
+            jax.random.fold_in(key, len(b.noise_stds) + 1), num_models, count, average_size(config)
         )
         parts.append(baselines.averages(canonical, chosen))
     if gaussian_count(config):

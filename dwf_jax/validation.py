@@ -197,6 +197,13 @@ def _validate_flow(config: ml_collections.ConfigDict) -> None:
     _check(f.steps_per_dispatch >= 1, f"flow.steps_per_dispatch={f.steps_per_dispatch} must be >= 1")
     _check(f.checkpoint_every >= 1, f"flow.checkpoint_every={f.checkpoint_every} must be >= 1")
     _check(f.learning_rate > 0, f"flow.learning_rate={f.learning_rate} must be > 0")
+    _check(f.target_noise >= 0, f"flow.target_noise={f.target_noise} must be >= 0 (0: exact targets)")
+    _check(f.validate_every >= 1, f"flow.validate_every={f.validate_every} must be >= 1")
+    _check(
+        not f.early_stopping or held_out_count(config) > 0,
+        f"flow.early_stopping needs held-out models to stop on: zoo.held_out={config.zoo.held_out} holds out "
+        f"{held_out_count(config)} of {config.zoo.num_models}",
+    )
     _check(f.weight_decay >= 0, f"flow.weight_decay={f.weight_decay} must be >= 0")
     _check(
         0 < f.source_std <= MAX_NOISE_STD,
@@ -245,7 +252,13 @@ def _validate_baselines(config: ml_collections.ConfigDict) -> None:
         f"baselines.mix={b.mix} must be in [2, zoo.num_models = {z.num_models}] (originals per combination)",
     )
     _check(b.average_of >= 0, f"baselines.average_of={b.average_of} must be >= 0 (originals per average; 0: none)")
-    _check(b.gaussian >= -1, f"baselines.gaussian={b.gaussian} must be >= -1 (models; -1: as many as the zoo)")
+    _check(
+        b.gaussian >= -1, f"baselines.gaussian={b.gaussian} must be >= -1 (models; -1: as many as the other ensembles)"
+    )
+    _check(
+        0 <= b.num_models <= z.num_models,
+        f"baselines.num_models={b.num_models} must be in [0, zoo.num_models = {z.num_models}] (0: as many as the zoo)",
+    )
 
 
 def _validate_model(model: ml_collections.ConfigDict) -> None:

@@ -59,6 +59,7 @@ UPSTREAM = {
     "bn_stats": ("samples",),
     "eval_recalibrated": ("bn_stats",),
     "diversity": ("samples", "bn_stats"),
+    "zoo_diversity": ("canonical",),
     "baselines": ("canonical",),
 }
 # Every other name a run writes at the top of its workdir (stages and matrix files aside).

@@ -9,7 +9,8 @@ only on (seed, i)), in its own zoo workdir (zoo_scaling_zoo_n<N>_e<epochs>), res
 checkpoints. Per N then one pipeline run with zoo.held_out = --held_out (the last 20% of each N are held out of
 the canonical reference, the PCA and the flow): Git Re-Basin, the flow at the paper's settings (h=512,
 --flow_iterations) on full weights for the N in --full_weights and in dual PCA with all T-1 components of the
-T training models otherwise, the pipeline's default baselines. A rerun skips every finished zoo and stage.
+T training models otherwise, the pipeline's baselines with
+--baseline_models models per noise, average and Gaussian ensemble. A rerun skips every finished zoo and stage.
 
 Per N: accuracies, max IoU of errors and nearest L2 to the originals, to the training and to the held-out
 originals, the held-out originals' own distance to the training ones (the yardstick), the generalization gap,
@@ -48,6 +49,9 @@ flags.DEFINE_integer("flow_hidden", 512, "Flow width (the paper's 512 for MNIST)
 flags.DEFINE_integer("epochs", None, "Zoo epochs (default: the config's 5, the paper's).")
 flags.DEFINE_integer("num_samples", None, "Generated models per N (default: the config's 100).")
 flags.DEFINE_integer("models_per_chunk", None, "Zoo models trained (and checkpointed) together (default: config's).")
+flags.DEFINE_integer(
+    "baseline_models", 100, "baselines.num_models: models per noise, average and Gaussian ensemble (0: the zoo's)."
+)
 flags.DEFINE_string("workdirs", "experiments/workdirs", "Where the zoos and the stages are kept.")
 flags.DEFINE_string("name", "zoo_scaling", "Result files: experiments/results/<name>.{md,json,png}.")
 
@@ -79,6 +83,7 @@ def run_config(num_models: int) -> ml_collections.ConfigDict:
     config = zoo_config(num_models)
     config.canonical.method = "rebasin"
     config.pca.update(method=space(num_models), components=-1)
+    config.baselines.num_models = min(FLAGS.baseline_models, num_models)
     iterations = FLAGS.flow_iterations
     config.flow.update(
         hidden=FLAGS.flow_hidden,
@@ -302,7 +307,9 @@ def markdown(rows: dict, provenance: dict) -> str:
         f"Zoos: MNIST MLP 784-32-32-10, seeds 0..N-1 (each zoo the first N models of the next, grown by training only "
         f"the new models); zoo.held_out = {FLAGS.held_out}: the last round({FLAGS.held_out} N) models are held out of "
         f"the canonical reference, the PCA and the flow. Git Re-Basin; flow h={FLAGS.flow_hidden}, "
-        f"{FLAGS.flow_iterations} iterations; baselines: the pipeline's defaults, built from every canonical original.",
+        f"{FLAGS.flow_iterations} iterations; baselines: the pipeline's kinds, {FLAGS.baseline_models} models per "
+        "noise / average / Gaussian ensemble (baselines.num_models; the noise moves the first, training, originals), "
+        "100 mixtures of 2.",
         "",
         "Each cell: mean ± std over the source models of their value against the nearest target model. "
         "Diversity columns (gen. / orig. -> originals) are against the whole zoo, held-out nets included; "

@@ -43,13 +43,18 @@ def test_per_example_jensen_shannon_tells_a_copy_from_a_model_of_the_same_margin
     assert per_example[0, 1] == pytest.approx(expected, rel=1e-5) and per_example[0, 1] > 0.4
 
 
-@pytest.mark.parametrize("block_elements", [1, 7, 10**6])
-def test_per_example_jensen_shannon_is_the_same_in_any_block(block_elements):
+@pytest.mark.parametrize(("block_elements", "tile"), [(1, 1), (7, 2), (10**6, 128)])
+def test_per_example_jensen_shannon_is_the_same_in_any_block(block_elements, tile):
     rng = np.random.default_rng(2)
-    p, q = softmax(rng.normal(size=(3, 11, 4)), axis=-1), softmax(rng.normal(size=(2, 11, 4)), axis=-1)
+    p, q = softmax(rng.normal(size=(3, 11, 4)), axis=-1), softmax(rng.normal(size=(5, 11, 4)), axis=-1)
     expected = [[np.mean(jensenshannon(a, b, base=2, axis=-1) ** 2) for b in q] for a in p]
-    matrix = diversity.per_example_jensen_shannon(p.astype(np.float32), q.astype(np.float32), block_elements)
+    matrix = diversity.per_example_jensen_shannon(p.astype(np.float32), q.astype(np.float32), block_elements, tile)
     np.testing.assert_allclose(matrix, expected, rtol=1e-4, atol=1e-7)
+    within = q.astype(np.float32)  # one set: each pair computed once, then mirrored
+    expected = [[np.mean(jensenshannon(a, b, base=2, axis=-1) ** 2) for b in q] for a in q]
+    np.testing.assert_allclose(
+        diversity.per_example_jensen_shannon(within, within, block_elements, tile), expected, rtol=1e-4, atol=1e-7
+    )
 
 
 def test_jensen_shannon_is_zero_for_identical_and_one_bit_for_disjoint_predictions():

@@ -149,7 +149,7 @@ def test_generated_nan_weights(workdir):
     trained = checkpoints.restore_tree(workdir / "flow")
     broken = jax.tree.map(lambda leaf: leaf * np.nan, trained["params"])
     never_written = lambda samples, path: pytest.fail("wrote weights")  # noqa: E731
-    space = pipeline.WeightSpace("full weights", np.zeros((4, 131), np.float32), never_written)
+    space = pipeline.WeightSpace("full weights", np.zeros((4, 131), np.float32), never_written, lambda: None)
     with pytest.raises(NonFiniteWeights, match="generated weights: 3 of 3 models .* delete .*flow"):
         source = flow.Source("normal", config.flow.source_std)
         pipeline.generate(config, broken, space, source, pipeline.Workdir(workdir), progress=False)
@@ -223,7 +223,7 @@ def test_workdir_of_an_older_format(workdir):
 
 def test_a_stage_is_not_recomputed_under_results_of_its_earlier_version(workdir):
     shutil.rmtree(workdir / "canonical")
-    stale = "flow, baselines, samples, eval_generated, diversity, flow_checkpoints"
+    stale = "flow, zoo_diversity, baselines, samples, eval_generated, diversity, flow_checkpoints"
     refused(workdir, CheckpointError, rf"canonical is missing while results computed from it remain in .* \({stale}\)")
 
 

@@ -12,7 +12,9 @@ from dwf_jax.checkpoints import restore_tree
 from dwf_jax.config import base_config
 from dwf_jax.data import load_configured
 from dwf_jax.evaluate import generalization_gap
+from dwf_jax.session import copy_stages
 from dwf_jax.settings import differences, stage_settings
+from dwf_jax.workdir import Workdir
 from dwf_jax.zoo_store import Flattener, MemoryZoo
 
 HELD_OUT = 2  # of 6 models: zoo.held_out = 1/3
@@ -105,6 +107,35 @@ def test_a_full_weight_flow_sees_the_training_models_only():
     canonical = np.arange(6 * 131, dtype=np.float32).reshape(6, 131)
     space = pipeline.weight_space(config, MemoryZoo(canonical), None, None)
     np.testing.assert_array_equal(space.data, canonical[:-HELD_OUT])
+
+
+def test_a_full_weight_flow_holds_the_held_out_rows_for_early_stopping():
+    config = tiny_config()
+    config.zoo.update(num_models=6, held_out=HELD_OUT / 6)
+    canonical = np.arange(6 * 131, dtype=np.float32).reshape(6, 131)
+    space = pipeline.weight_space(config, MemoryZoo(canonical), None, None)
+    np.testing.assert_array_equal(space.held_out(), canonical[-HELD_OUT:])
+
+
+def test_early_stopping_stops_on_the_held_out_nets_in_pca_space(two_runs, tmp_path):
+    """The flow is validated on the held-out nets' PCA coefficients; the report names the step kept."""
+    (first, _), _ = two_runs
+    config = _split_config(first.parent / "zoo_a")
+    config.flow.update(early_stopping=True, validate_every=20)
+    work = pipeline.workdir_for(config, load_configured(config.data), tmp_path)
+    copy_stages(Workdir(first), work, ("zoo", "canonical", "pca", "zoo_diversity", "baselines"))
+    result = pipeline.run(config, tmp_path, progress=False)
+    stopping = result["flow"]["early_stopping"]
+    assert stopping["steps"] == [20, 40, 60] and len(stopping["held_out_loss"]) == 3
+    assert stopping["best_step"] == stopping["steps"][int(np.argmin(stopping["held_out_loss"]))]
+    assert f"early stopping: kept step {stopping['best_step']} of 60" in report.format_summary(result)
+
+    canonical = _matrix(first, "canonical.f32")
+    fitted, components = restore_tree(first / "pca"), _matrix(first, "pca_components.f32")
+    flattener = Flattener(stages.model_template(config, load_configured(config.data)))
+    space = pipeline.weight_space(config, MemoryZoo(canonical), flattener, work)
+    expected = (canonical[-HELD_OUT:] - fitted["mean"]) @ components.T
+    np.testing.assert_allclose(space.held_out(), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_held_out_originals_measured_as_if_generated_have_no_gap():

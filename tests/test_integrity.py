@@ -32,7 +32,11 @@ def largest_file(folder: pathlib.Path) -> pathlib.Path:
 @pytest.mark.parametrize(
     "damaged, stage, doomed",
     [
-        ("zoo.f32", "zoo", "zoo, zoo.f32, canonical, canonical.f32, flow, baselines, baselines.f32, samples"),
+        (
+            "zoo.f32",
+            "zoo",
+            "zoo, zoo.f32, canonical, canonical.f32, flow, zoo_diversity, baselines, baselines.f32, samples",
+        ),
         ("canonical.f32", "canonical", "canonical, canonical.f32, flow"),
         ("generated.f32", "samples", "samples, generated.f32, eval_generated"),
         ("flow", "flow", "flow, samples, generated.f32, eval_generated"),

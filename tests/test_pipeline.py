@@ -15,9 +15,10 @@ from tiny_runs import tiny_config
 import configs.iris_mlp as iris_config
 from dwf_jax import pipeline, report
 from dwf_jax.checkpoints import restore_tree
-from dwf_jax.data import load_dataset
+from dwf_jax.data import load_configured, load_dataset
 from dwf_jax.models import MLP
-from dwf_jax.workdir import WorkdirConfigMismatch
+from dwf_jax.session import copy_stages
+from dwf_jax.workdir import Workdir, WorkdirConfigMismatch
 
 
 def _tiny_config():
@@ -56,6 +57,7 @@ def test_report_schema(finished_run):
         "samples",
         "eval_generated",
         "diversity",
+        "zoo_diversity",
         "baselines",
     }
     assert (workdir / "accuracy.png").stat().st_size > 0 and (workdir / "diversity.png").stat().st_size > 0
@@ -75,6 +77,20 @@ def test_baselines_are_the_originals_moved_by_noise_or_mixed(finished_run):
     noisy = result["baselines"]["noise_std_0.1"]["diversity"]["nearest_l2"]["baseline_to_original"]
     assert noisy["mean"] == pytest.approx(0.1 * np.sqrt(131), rel=0.2)  # |N(0, 0.1^2 I_131)|
     assert len(result["baselines"]["mixtures_of_2"]["per_model"]) == 4
+
+
+def test_baseline_ensembles_of_a_set_size_move_the_first_originals(finished_run, tmp_path):
+    """baselines.num_models=2 of 6: noise of size 0 gives back the first two originals; averages and the Gaussian
+    (-1) have two models, the mixtures their own count."""
+    workdir, result = finished_run
+    config = _tiny_config()
+    config.baselines.update(num_models=2, gaussian=-1)
+    shared = ("zoo", "canonical", "flow", "samples", "eval_generated", "diversity", "zoo_diversity")
+    copy_stages(Workdir(workdir), pipeline.workdir_for(config, load_configured(config.data), tmp_path), shared)
+    trimmed = pipeline.run(config, tmp_path, progress=False)["baselines"]
+    assert [len(trimmed[name]["per_model"]) for name in trimmed] == [2, 2, 4, 2, 2]
+    assert trimmed["noise_std_0"]["per_model"] == result["original"]["per_model"][:2]
+    assert trimmed["noise_std_0"]["diversity"]["nearest_l2"]["baseline_to_original"]["max"] == 0.0
 
 
 def test_canonicalization_preserves_function_and_moves_towards_reference(finished_run):

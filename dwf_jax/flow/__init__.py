@@ -15,7 +15,14 @@ from dwf_jax.flow.loss import TIME_DISTRIBUTIONS, flow_matching_loss, sample_tim
 from dwf_jax.flow.model import VelocityField
 from dwf_jax.flow.sample import ODE_METHODS, integrate, num_function_evals, ode_step, sample_ensemble, time_field
 from dwf_jax.flow.source import SOURCES, Source, draw, kaiming_bounds
-from dwf_jax.flow.train import FlowState, create_flow_state, learning_rate_schedule, make_optimizer, make_train_chunk
+from dwf_jax.flow.train import (
+    FlowState,
+    create_flow_state,
+    learning_rate_schedule,
+    make_optimizer,
+    make_train_chunk,
+    make_validation_loss,
+)
 
 __all__ = [
     "ODE_METHODS",
@@ -46,4 +53,5 @@ __all__ = [
     "learning_rate_schedule",
     "make_optimizer",
     "make_train_chunk",
+    "make_validation_loss",
 ]
