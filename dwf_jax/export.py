@@ -14,19 +14,32 @@ import os
 import pathlib
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
+import ml_collections
 import numpy as np
 from absl import app, flags
 
-from dwf_jax import torch_layout, weight_files
+from dwf_jax import stages, torch_layout, weight_files
 from dwf_jax.commands import INPUT_ERRORS
 from dwf_jax.config import config_as_dict
-from dwf_jax.generator import Generator, finished_stages
+from dwf_jax.data import load_configured
+from dwf_jax.generator import finished_stages, recorded_config
 from dwf_jax.zoo_store import Flattener, stack, unstack
 
 PyTree = Any
 NETS = ("generated", "canonical")
+
+
+class FinishedNets(NamedTuple):
+    """A run's generated or canonical nets as its checked stages hold them, with what describes them."""
+
+    config: ml_collections.ConfigDict
+    regression: bool
+    flattener: Flattener
+    rows: np.ndarray
+    statistics: PyTree | None  # generated BatchNorm nets: the recalibrated statistics they were evaluated with
+    accuracy: np.ndarray
 
 
 def _models(rows: np.ndarray, flattener: Flattener, statistics: PyTree | None) -> Iterator[PyTree]:
@@ -37,20 +50,23 @@ def _models(rows: np.ndarray, flattener: Flattener, statistics: PyTree | None) -
         yield variables
 
 
-def finished_nets(generator: Generator, workdir: pathlib.Path, nets: str) -> tuple[np.ndarray, PyTree, np.ndarray]:
-    """(rows, BatchNorm statistics or None, per-model accuracy) of the run's generated or canonical nets, from its
-    checked stages; generated BatchNorm nets come with their recalibrated statistics, as they were evaluated."""
-    config, flattener = generator.config, generator.flattener
+def finished_nets(workdir: pathlib.Path, nets: str) -> FinishedNets:
+    """The run's `nets` from its recorded config, its data and only the stages they come from, checked as a run
+    checks them: a canonical zoo exports before (or without) the flow, and nothing unused is read or hashed."""
+    config = recorded_config(workdir)
+    dataset = load_configured(config.data)
+    template = stages.model_template(config, dataset)
     if nets == "canonical":
-        work, finished = finished_stages(workdir, config, generator.dataset, ("canonical",))
-        rows = work.open_matrix("canonical", config.zoo.num_models, flattener.dim, in_memory=True).as_array()
-        return rows, None, np.asarray(finished["canonical"]["test_accuracy"])
-    recalibrated = "batch_stats" in generator.template and config.bn.recalibrate
-    names = ("samples", "bn_stats", "eval_recalibrated") if recalibrated else ("samples", "eval_generated")
-    work, finished = finished_stages(workdir, config, generator.dataset, names)
-    rows = work.open_matrix("samples", config.sample.num_samples, flattener.dim, in_memory=True).as_array()
-    statistics = finished["bn_stats"] if recalibrated else None
-    return rows, statistics, np.asarray(finished[names[-1]]["accuracy"])
+        names, count = ("canonical",), config.zoo.num_models
+    elif "batch_stats" in template and config.bn.recalibrate:
+        names, count = ("samples", "bn_stats", "eval_recalibrated"), config.sample.num_samples
+    else:
+        names, count = ("samples", "eval_generated"), config.sample.num_samples
+    work, finished = finished_stages(workdir, config, dataset, names)
+    flattener = Flattener(template)
+    rows = work.open_matrix(names[0], count, flattener.dim, in_memory=True).as_array()
+    accuracy = finished["canonical"]["test_accuracy"] if nets == "canonical" else finished[names[-1]]["accuracy"]
+    return FinishedNets(config, dataset.regression, flattener, rows, finished.get("bn_stats"), np.asarray(accuracy))
 
 
 def _refuse_existing(paths: list[pathlib.Path]) -> None:
@@ -63,18 +79,16 @@ def export(workdir: str | os.PathLike, out: str | os.PathLike, nets: str = "gene
     """Write the run's `nets` as safetensors in PyTorch layout under `out`; returns the files written."""
     if nets not in NETS:
         raise ValueError(f"nets={nets!r}: choose one of {list(NETS)}")
-    workdir, out = pathlib.Path(workdir), pathlib.Path(out)
-    generator = Generator.load(workdir)
-    config = generator.config
-    rows, statistics, accuracy = finished_nets(generator, workdir, nets)
+    out = pathlib.Path(out)
+    config, regression, flattener, rows, statistics, accuracy = finished_nets(pathlib.Path(workdir), nets)
     header = {
         "architecture": config_as_dict(config.model),
         "dataset": config.data.name,
         "nets": nets,
-        "metric": "spearman" if generator.dataset.regression else "accuracy_percent",
+        "metric": "spearman" if regression else "accuracy_percent",
         "config": config_as_dict(config),
     }
-    models = _models(rows, generator.flattener, statistics)
+    models = _models(rows, flattener, statistics)
     if out.is_symlink():
         raise weight_files.WeightFileError(f"{out} is a link: export writes only inside a real folder")
     if stacked:

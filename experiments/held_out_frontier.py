@@ -5,7 +5,8 @@ zoo size with a held-out part (issue 26, part 3).
 
 Starts from zoo_scaling.py's run of --num_models models (same flags: --held_out, --flow_iterations, --flow_hidden,
 --full_weights, --workdirs) and takes its zoo, canonical zoo, PCA and the zoo's own diversity as they are: nothing
-is refitted but the flow. Each knob changes one flow setting: width, dropout, weight decay, training length, early
+is refitted but the flow. Each knob changes one flow setting: width, dropout, weight decay, training length and
+batch size, early
 stopping on the held-out nets' flow loss (flow.early_stopping: they choose the stopping step, so for that row they
 are a validation set, not unseen), source std, and noise on the flow's targets (flow.target_noise, in the flow's
 space). The baselines are the base run's (noise on every original, mixtures, averages, a Gaussian fit), computed
@@ -38,7 +39,7 @@ flags.DEFINE_list("knobs", [], "Names of KNOBS to run (default: all).")
 flags.DEFINE_string("frontier_name", "held_out_frontier", "Result files: experiments/results/<name>.{md,json,png}.")
 
 # One flow setting changed per run, on top of the zoo_scaling run's (h=512, dropout 0.1, weight decay 1e-5,
-# source std 0.01, 30k iterations, no target noise).
+# source std 0.01, 30k iterations of batch 8, no target noise).
 KNOBS = {
     "base": {},
     "hidden=128": {"hidden": 128},
@@ -49,6 +50,8 @@ KNOBS = {
     "weight_decay=0.1": {"weight_decay": 0.1},
     "iterations=3000": {"iterations": 3000},
     "iterations=10000": {"iterations": 10_000},
+    "iterations=100000": {"iterations": 100_000},
+    "batch_size=64": {"batch_size": 64},
     "early_stopping": {"early_stopping": True},
     "source_std=0.1": {"source_std": 0.1},
     "source_std=1.0": {"source_std": 1.0},

@@ -1,6 +1,7 @@
 """A finished run's nets exported as safetensors in PyTorch layout: the same weights, what they are, new files only."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -10,8 +11,9 @@ import pytest
 from tiny_runs import batchnorm_zoo, snapshot, tiny_config
 
 from dwf_jax import export, torch_layout, weight_files
+from dwf_jax.checkpoints import CheckpointError
 from dwf_jax.models import build_model
-from dwf_jax.workdir import MATRIX_FILES, REPORT_FILE
+from dwf_jax.workdir import MATRIX_FILES, REPORT_FILE, Workdir
 from dwf_jax.zoo_store import Flattener
 
 
@@ -27,6 +29,18 @@ def imported_rows(files, template) -> np.ndarray:
             for path in files
         ]
     )
+
+
+def contents(folder) -> dict[str, tuple]:
+    """Every file's metadata and tensors (dtype, shape, bytes): safetensors writes the metadata in hash order, so
+    the same content need not be the same file bytes."""
+    return {
+        path.name: (
+            weight_files.read_metadata(path),
+            {key: (v.dtype, v.shape, v.tobytes()) for key, v in weight_files.read_state_dict(path).items()},
+        )
+        for path in sorted(folder.iterdir())
+    }
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +85,24 @@ def test_export_never_overwrites(finished, tmp_path):
     with pytest.raises(weight_files.WeightFileError, match="is a link"):
         export.export(finished, tmp_path / "link", stacked=True)
     assert snapshot(tmp_path / "out") == before
+
+
+def test_canonical_nets_export_from_a_run_without_its_flow(finished, workdir, tmp_path):
+    """The canonical zoo is finished before the flow starts: a run stopped (or pruned) there exports it, the same
+    tensors and metadata; its generated nets are refused with one error naming the stage that is missing."""
+    export.export(finished, tmp_path / "finished", "canonical")
+    for name in ["flow", *Workdir(workdir).derived_from("flow")]:
+        for path in (workdir / name, workdir / MATRIX_FILES.get(name, name)):
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    assert not (workdir / "flow").exists() and not (workdir / "samples").exists()
+    export.export(workdir, tmp_path / "pruned", "canonical")
+    assert contents(tmp_path / "pruned") == contents(tmp_path / "finished")
+    with pytest.raises(CheckpointError, match=r"stage \S*samples is missing: the run in \S+ has not finished it"):
+        export.export(workdir, tmp_path / "generated")
+    assert not (tmp_path / "generated").exists()
 
 
 def test_batchnorm_nets_carry_the_statistics_they_were_evaluated_with():
