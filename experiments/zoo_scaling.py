@@ -18,6 +18,7 @@ the baselines, flow and zoo time. Writes experiments/results/<--name>.{md,json,p
 files are rewritten with the rows so far, marked partial until every N is done.
 """
 
+import json
 import pathlib
 import sys
 import time
@@ -54,6 +55,7 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_string("workdirs", "experiments/workdirs", "Where the zoos and the stages are kept.")
 flags.DEFINE_string("name", "zoo_scaling", "Result files: experiments/results/<name>.{md,json,png}.")
+flags.DEFINE_bool("redraw", False, "Only redraw <name>.png from <name>.json (no run).")
 
 
 def sizes() -> list[int]:
@@ -239,8 +241,8 @@ def figure(rows: dict) -> None:
     (the target) and the noise baselines (references)."""
     per_size = rows["per_size"]
     n = [row["num_models"] for row in per_size]
-    canvas = Figure(figsize=(11, 4.2))
-    iou_axis, l2_axis = canvas.subplots(1, 2)
+    canvas = Figure(figsize=(16, 4.4))
+    accuracy_axis, iou_axis, l2_axis = canvas.subplots(1, 3)
     panels = (
         (iou_axis, "max_iou", "max_iou_of_errors", "max IoU of test errors with an original"),
         (l2_axis, "nearest_l2", "nearest_l2", "L2 to the nearest original (canonical params)"),
@@ -281,8 +283,29 @@ def figure(rows: dict) -> None:
         axis.set_xlabel(f"zoo size N (the last {FLAGS.held_out:g} of each held out)")
         axis.set_ylabel(label)
         axis.legend(fontsize="x-small")
+    for key, style, label in (
+        ("generated_accuracy", "o-", "generated"),
+        ("original_accuracy", "s--", "originals (the target)"),
+    ):
+        values = [row[key] for row in per_size]
+        means, stds = [v["mean"] for v in values], [v["std"] for v in values]
+        accuracy_axis.errorbar(n, means, yerr=stds, fmt=style, capsize=3, label=label)
+    for number, name in enumerate(noise_names(rows)):
+        accuracy_axis.plot(
+            n,
+            [row["baselines"][name]["accuracy"]["mean"] for row in per_size],
+            ":",
+            color=f"C{number + 3}",
+            label=f"baseline {name.replace('_', ' ')}",
+        )
+    accuracy_axis.set_xscale("log")
+    accuracy_axis.set_xticks(n, [str(size) for size in n], minor=False)
+    accuracy_axis.minorticks_off()
+    accuracy_axis.set_xlabel("zoo size N")
+    accuracy_axis.set_ylabel("MNIST test accuracy (%)")
+    accuracy_axis.legend(fontsize="x-small")
     status = " (partial)" if rows["partial"] else ""
-    canvas.suptitle(f"MNIST MLP 784-32-32-10: novelty of generated nets against zoo size{status}")
+    canvas.suptitle(f"MNIST MLP 784-32-32-10: accuracy and novelty of generated nets against zoo size{status}")
     canvas.tight_layout()
     common.RESULTS.mkdir(parents=True, exist_ok=True)
     canvas.savefig(common.RESULTS / f"{FLAGS.name}.png", dpi=120)
@@ -372,6 +395,9 @@ def markdown(rows: dict, provenance: dict) -> str:
 
 def main(argv: list[str]) -> None:
     del argv
+    if FLAGS.redraw:
+        figure(json.loads((common.RESULTS / f"{FLAGS.name}.json").read_text())["rows"])
+        return
     code, start = common.code_version(), time.perf_counter()
     common.run_and_write(FLAGS.name, lambda: table_rows(code, start), markdown)
 
