@@ -1,5 +1,6 @@
 """Shared plumbing of the experiment scripts: machine description and result files."""
 
+import dataclasses
 import datetime
 import json
 import os
@@ -12,7 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 from absl import logging
+
+from dwf_jax.data import Dataset
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 
@@ -109,3 +113,31 @@ def run_summary(report: dict, workdir: pathlib.Path, seconds: float | None) -> d
 def mean_std(stats: dict) -> str:
     """An accuracy summary (evaluate.summary) as the tables print it."""
     return f"{stats['mean']:.2f} ± {stats['std']:.2f}"
+
+
+def random_subset(dataset: Dataset, train: int | None, test: int | None) -> Dataset:
+    """A fixed random `train` / `test` examples of each split (numpy seed 0 each, in split order); None or 0: all.
+
+    Random, not the first K: the CIFAR-10 copy is stored class by class. A new fingerprint, so a workdir of its own.
+    """
+
+    def pick(count: int | None, size: int) -> np.ndarray:
+        if not count or count >= size:
+            return np.arange(size)
+        return np.sort(np.random.default_rng(0).choice(size, count, replace=False))
+
+    train_rows, test_rows = pick(train, len(dataset.x_train)), pick(test, len(dataset.x_test))
+    return dataclasses.replace(
+        dataset,
+        x_train=dataset.x_train[train_rows],
+        y_train=dataset.y_train[train_rows],
+        x_test=dataset.x_test[test_rows],
+        y_test=dataset.y_test[test_rows],
+    )
+
+
+def strip(tree: Any) -> Any:
+    """A report section less its per-model lists (each workdir's report.json keeps them)."""
+    if isinstance(tree, dict):
+        return {key: strip(value) for key, value in tree.items() if key != "per_model"}
+    return tree

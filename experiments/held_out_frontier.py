@@ -61,6 +61,10 @@ KNOBS = {
 }
 # Taken from the base run, unchanged by any knob: the knobs change the flow only.
 SHARED_STAGES = ("zoo", "canonical", "pca", "zoo_diversity")
+# The reference run: the base run's stages but its baselines, which get a dense ladder of noise stds, so the line
+# through the noise ensembles follows their curve (three stds leave chords far below it).
+REFERENCE_STAGES = (*SHARED_STAGES, "flow", "samples", "eval_generated", "diversity")
+NOISE_LADDER = (0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.07, 0.1)
 ACCURACY_SHARE = 0.95
 
 
@@ -85,12 +89,20 @@ def base_workdir() -> pathlib.Path:
     return path
 
 
+def finished_report(config, workdir: pathlib.Path, base: pathlib.Path, shared: tuple[str, ...]) -> dict:
+    """The run's report: read back when the run finished before (a rerun skips it), else run with `shared` stages
+    copied from `base`."""
+    if Workdir(workdir).report.exists():
+        return json.loads(Workdir(workdir).report.read_text())
+    copy_stages(Workdir(base), pipeline.workdir_for(config, load_configured(config.data), workdir), shared)
+    return pipeline.run(config, workdir, progress=True)
+
+
 def knob_row(name: str, overrides: dict, base: pathlib.Path) -> dict:
     config = knob_config(overrides)
     workdir = pathlib.Path(FLAGS.workdirs) / f"held_out_frontier_n{FLAGS.num_models}_{name.replace('=', '_')}"
-    copy_stages(Workdir(base), pipeline.workdir_for(config, load_configured(config.data), workdir), SHARED_STAGES)
     start = time.perf_counter()
-    report = pipeline.run(config, workdir, progress=True)
+    report = finished_report(config, workdir, base, SHARED_STAGES)
     held_out, diversity = report["held_out"], report["diversity"]
     stopping = report["flow"].get("early_stopping")
     return {
@@ -98,11 +110,13 @@ def knob_row(name: str, overrides: dict, base: pathlib.Path) -> dict:
         "overrides": {f"flow.{key}": value for key, value in overrides.items()},
         "workdir": str(workdir),
         "accuracy": report["generated"]["accuracy"],
-        "max_iou": zoo_scaling.strip(diversity["max_iou_of_errors"]["generated_to_original"]),
-        "nearest_l2": zoo_scaling.strip(diversity["nearest_l2"]["generated_to_original"]),
-        "nearest_l2_to_training": zoo_scaling.strip(held_out["nearest_l2"]["generated_to_training"]),
-        "nearest_l2_to_held_out": zoo_scaling.strip(held_out["nearest_l2"]["generated_to_held_out"]),
-        "max_iou_to_held_out": zoo_scaling.strip(held_out["max_iou_of_errors"]["generated_to_held_out"]),
+        "per_model_accuracy": report["generated"]["per_model"],
+        "per_model_max_iou": diversity["max_iou_of_errors"]["generated_to_original"]["per_model"],
+        "max_iou": common.strip(diversity["max_iou_of_errors"]["generated_to_original"]),
+        "nearest_l2": common.strip(diversity["nearest_l2"]["generated_to_original"]),
+        "nearest_l2_to_training": common.strip(held_out["nearest_l2"]["generated_to_training"]),
+        "nearest_l2_to_held_out": common.strip(held_out["nearest_l2"]["generated_to_held_out"]),
+        "max_iou_to_held_out": common.strip(held_out["max_iou_of_errors"]["generated_to_held_out"]),
         "generalization_gap": held_out["generalization_gap"],
         "flow_final_loss": report["flow"]["final_loss_mean_last_100"],
         "early_stopping_step": None if stopping is None else stopping["best_step"],
@@ -111,23 +125,33 @@ def knob_row(name: str, overrides: dict, base: pathlib.Path) -> dict:
     }
 
 
-def references(base: pathlib.Path) -> dict:
-    """The originals (their own level: the target) and every baseline ensemble of the base run."""
-    report = json.loads(Workdir(base).report.read_text())
+def reference_report(base: pathlib.Path) -> dict:
+    """The base run with the noise ladder's baselines (the base run's flow and samples copied, baselines recomputed)."""
+    config = zoo_scaling.run_config(FLAGS.num_models)
+    config.baselines.noise_stds = NOISE_LADDER
+    workdir = pathlib.Path(FLAGS.workdirs) / f"held_out_frontier_n{FLAGS.num_models}_references"
+    return finished_report(config, workdir, base, REFERENCE_STAGES)
+
+
+def references(report: dict) -> dict:
+    """The originals (their own level: the target) and every baseline ensemble of the reference run."""
     held_out, diversity = report["held_out"], report["diversity"]
     points = {
         "originals": {
             "accuracy": report["original"]["accuracy"],
-            "max_iou": zoo_scaling.strip(diversity["max_iou_of_errors"]["original_to_original"]),
-            "nearest_l2": zoo_scaling.strip(diversity["nearest_l2"]["original_to_original"]),
-            "held_out_to_training_l2": zoo_scaling.strip(held_out["nearest_l2"]["held_out_to_training"]),
+            "max_iou": common.strip(diversity["max_iou_of_errors"]["original_to_original"]),
+            "nearest_l2": common.strip(diversity["nearest_l2"]["original_to_original"]),
+            "held_out_to_training_l2": common.strip(held_out["nearest_l2"]["held_out_to_training"]),
         }
     }
     for name, baseline in report["baselines"].items():
+        iou = baseline["diversity"]["max_iou_of_errors"]["baseline_to_original"]
         points[name] = {
             "accuracy": baseline["accuracy"],
-            "max_iou": zoo_scaling.strip(baseline["diversity"]["max_iou_of_errors"]["baseline_to_original"]),
-            "nearest_l2": zoo_scaling.strip(baseline["diversity"]["nearest_l2"]["baseline_to_original"]),
+            "max_iou": common.strip(iou),
+            "nearest_l2": common.strip(baseline["diversity"]["nearest_l2"]["baseline_to_original"]),
+            "per_model_accuracy": baseline["per_model"],
+            "per_model_max_iou": iou["per_model"],
         }
     return points
 
@@ -142,22 +166,41 @@ def noise_frontier(points: dict) -> tuple[np.ndarray, np.ndarray]:
     return np.array([iou for iou, _ in noise]), np.array([accuracy for _, accuracy in noise])
 
 
+def above_line(accuracy: list[float], max_iou: list[float], points: dict) -> np.ndarray:
+    """Per model: more accurate than the noise line at its own max IoU (and inside the line's IoU range)?"""
+    ious, accuracies = noise_frontier(points)
+    accuracy, max_iou = np.asarray(accuracy), np.asarray(max_iou)
+    inside = (max_iou >= ious.min()) & (max_iou <= ious.max())
+    return inside & (accuracy > np.interp(max_iou, ious, accuracies))
+
+
+def noise_models_above_line(points: dict) -> float:
+    """The share of the noise ensembles' own models above their line: how often chance puts a model there."""
+    noise = [point for name, point in points.items() if name.startswith("noise_std_")]
+    flags_ = [above_line(point["per_model_accuracy"], point["per_model_max_iou"], points) for point in noise]
+    return float(np.mean(np.concatenate(flags_)))
+
+
 def judge(row: dict, points: dict) -> dict:
-    """Accuracy above the noise line at the row's max IoU, and at >= 95% of the originals' accuracy?"""
+    """Ensemble and per model: above the noise line at the max IoU, and at >= 95% of the originals' accuracy?"""
     ious, accuracies = noise_frontier(points)
     iou, accuracy = row["max_iou"]["mean"], row["accuracy"]["mean"]
-    line = float(np.interp(iou, ious, accuracies)) if len(ious) else float("nan")
+    floor = ACCURACY_SHARE * points["originals"]["accuracy"]["mean"]
+    good = np.asarray(row["per_model_accuracy"]) >= floor
+    above = above_line(row["per_model_accuracy"], row["per_model_max_iou"], points)
     return {
-        "noise_line_accuracy_at_its_max_iou": line,
-        "beyond_noise_frontier": bool(accuracy > line and ious.min() <= iou <= ious.max()),
-        "at_95_percent_of_original_accuracy": accuracy >= ACCURACY_SHARE * points["originals"]["accuracy"]["mean"],
+        "noise_line_accuracy_at_its_max_iou": float(np.interp(iou, ious, accuracies)),
+        "beyond_noise_frontier": bool(above_line([accuracy], [iou], points)[0]),
+        "at_95_percent_of_original_accuracy": bool(accuracy >= floor),
+        "share_of_models_at_95_percent": float(good.mean()),
+        "share_of_models_beyond_frontier_at_95_percent": float((good & above).mean()),
     }
 
 
 def figure(result: dict) -> None:
     points, rows = result["references"], result["knobs"]
-    canvas = Figure(figsize=(11, 4.6))
-    iou_axis, gap_axis = canvas.subplots(1, 2)
+    canvas = Figure(figsize=(16, 4.8))
+    iou_axis, model_axis, gap_axis = canvas.subplots(1, 3)
     ious, accuracies = noise_frontier(points)
     iou_axis.plot(ious, accuracies, "k:", label="noise baselines' frontier")
     for name, point in points.items():
@@ -171,6 +214,23 @@ def figure(result: dict) -> None:
         iou_axis.annotate(row["knob"], (row["max_iou"]["mean"], row["accuracy"]["mean"]), fontsize=6)
         gap_axis.scatter(row["generalization_gap"], row["accuracy"]["mean"], color="C0")
         gap_axis.annotate(row["knob"], (row["generalization_gap"], row["accuracy"]["mean"]), fontsize=6)
+    for name, point in points.items():
+        if name.startswith("noise_std_"):
+            model_axis.scatter(point["per_model_max_iou"], point["per_model_accuracy"], s=3, color="gray", alpha=0.3)
+    model_axis.plot(ious, accuracies, "k:", label="noise line (gray: noise models)")
+    for number, row in enumerate(rows):
+        model_axis.scatter(
+            row["per_model_max_iou"],
+            row["per_model_accuracy"],
+            s=5,
+            alpha=0.5,
+            color=f"C{number % 10}",
+            label=row["knob"],
+        )
+    model_axis.axhline(floor, color="gray", lw=0.5, ls="--")
+    model_axis.set_xlabel("max IoU of test errors with an original (per model)")
+    model_axis.set_ylabel("test accuracy (%, per model)")
+    model_axis.legend(fontsize="xx-small", markerscale=2)
     iou_axis.set_xlabel("max IoU of test errors with an original (mean; originals: with another)")
     iou_axis.set_ylabel("test accuracy (%, mean)")
     iou_axis.legend(fontsize="x-small")
@@ -189,7 +249,14 @@ def table_rows(code: str, start: float) -> dict:
     unknown = sorted(set(names) - set(KNOBS))
     if unknown:
         raise ValueError(f"--knobs: unknown {unknown}; choose from {list(KNOBS)}")
-    result = {"base_workdir": str(base), "references": references(base), "knobs": [], "partial": True}
+    points = references(reference_report(base))
+    result = {
+        "base_workdir": str(base),
+        "references": points,
+        "noise_models_above_their_line": noise_models_above_line(points),
+        "knobs": [],
+        "partial": True,
+    }
     for name in names:
         logging.info("knob %s", name)
         row = knob_row(name, KNOBS[name], base)
@@ -224,8 +291,9 @@ def markdown(result: dict, provenance: dict) -> str:
         f"{zoo_scaling.cell(originals['held_out_to_training_l2'], 2)} (the yardstick of the gap).",
         "",
         "| knob | accuracy (%) | max IoU gen. -> orig. | L2 gen. -> train | L2 gen. -> held-out | gap "
-        "| noise line at its IoU (%) | beyond the noise frontier | >= 95% of orig. acc. | flow (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| noise line at its IoU (%) | beyond the noise frontier | >= 95% of orig. acc. | models >= 95% "
+        "| models >= 95% and beyond | flow (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["knobs"]:
         stop = f" (kept step {row['early_stopping_step']})" if row["early_stopping_step"] is not None else ""
@@ -234,11 +302,14 @@ def markdown(result: dict, provenance: dict) -> str:
             f"| {zoo_scaling.cell(row['nearest_l2_to_training'], 2)} "
             f"| {zoo_scaling.cell(row['nearest_l2_to_held_out'], 2)} | {row['generalization_gap']:.3f} "
             f"| {row['noise_line_accuracy_at_its_max_iou']:.2f} | {'yes' if row['beyond_noise_frontier'] else 'no'} "
-            f"| {'yes' if row['at_95_percent_of_original_accuracy'] else 'no'} | {row['flow_seconds']:.0f} |"
+            f"| {'yes' if row['at_95_percent_of_original_accuracy'] else 'no'} "
+            f"| {row['share_of_models_at_95_percent']:.0%} "
+            f"| {row['share_of_models_beyond_frontier_at_95_percent']:.0%} "
+            f"| {row['flow_seconds']:.0f} |"
         )
     lines += [
         "",
-        "## References (the base run's baselines, each against all originals)",
+        "## References (the base run's flow and samples with a ladder of noise baselines, each against all originals)",
         "",
         "| ensemble | accuracy (%) | max IoU with an original | L2 to nearest original |",
         "|---|---|---|---|",
@@ -257,8 +328,12 @@ def markdown(result: dict, provenance: dict) -> str:
         "",
         "Beyond the noise baselines' frontier at >= 95% of the originals' accuracy: "
         + (", ".join(winners) if winners else "none of these knobs")
-        + ". The frontier is the line through the noise ensembles' (max IoU, accuracy) means; a point outside "
-        "their max IoU range is not judged beyond it.",
+        + ". The frontier is the line through the noise ensembles' (max IoU, accuracy) means (stds "
+        + ", ".join(f"{std:g}" for std in NOISE_LADDER)
+        + "); a point outside their max IoU range is not judged beyond it. Per model (the two 'models' columns): "
+        "the share of generated models at >= 95% of the originals' mean accuracy, and of those above the line at "
+        "their own max IoU; the noise ensembles' own models lie above their line "
+        f"{result['noise_models_above_their_line']:.0%} of the time (their spread about the means).",
         "",
         f"Figure: {FLAGS.frontier_name}.png",
         "",

@@ -23,7 +23,6 @@ other models is given beside it. Writes experiments/results/<--name or
 per_head_alignment_<model>>.{md,json}.
 """
 
-import dataclasses
 import pathlib
 import sys
 import time
@@ -37,7 +36,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs import bert, vit_small  # noqa: E402
 from dwf_jax import keys, permutations, pipeline, stages  # noqa: E402
 from dwf_jax.canonical import align_models  # noqa: E402
-from dwf_jax.data import Dataset, load_configured  # noqa: E402
+from dwf_jax.data import load_configured  # noqa: E402
 from dwf_jax.models import attention_head_groups, permutation_spec  # noqa: E402
 from dwf_jax.session import opened  # noqa: E402
 from dwf_jax.sharding import split_models  # noqa: E402
@@ -102,27 +101,6 @@ def workdir_path() -> pathlib.Path:
     return pathlib.Path(FLAGS.workdirs) / f"per_head_{FLAGS.model}_n{FLAGS.num_models}_e{FLAGS.epochs}_{size}"
 
 
-def subset(dataset: Dataset) -> Dataset:
-    """A fixed random --train_examples / --test_examples of each split (numpy seed 0, in split order).
-
-    Random, not the first K: the CIFAR-10 copy is stored class by class. A new fingerprint, so a workdir of its own.
-    """
-
-    def pick(count: int | None, size: int) -> np.ndarray:
-        if count is None or count >= size:
-            return np.arange(size)
-        return np.sort(np.random.default_rng(0).choice(size, count, replace=False))
-
-    train, test = pick(FLAGS.train_examples, len(dataset.x_train)), pick(FLAGS.test_examples, len(dataset.x_test))
-    return dataclasses.replace(
-        dataset,
-        x_train=dataset.x_train[train],
-        y_train=dataset.y_train[train],
-        x_test=dataset.x_test[test],
-        y_test=dataset.y_test[test],
-    )
-
-
 def shared_spec(spec):
     """The spec before issue 23: each PerHead(name, heads) axis the plain group `name` (one permutation, all heads)."""
     return jax.tree.map(
@@ -133,7 +111,7 @@ def shared_spec(spec):
 def trained_zoo(config, workdir: pathlib.Path) -> tuple[list, dict, int]:
     """The zoo stage's models (trained now, resumed, or read) and its record."""
     validate_config(config)
-    dataset = subset(load_configured(config.data))
+    dataset = common.random_subset(load_configured(config.data), FLAGS.train_examples, FLAGS.test_examples)
     stages.steps_per_epoch(config, dataset)
     work = pipeline.workdir_for(config, dataset, workdir)
     with opened([work], [config]), split_models(config.num_devices):

@@ -143,13 +143,6 @@ def prefix_check(smaller: pathlib.Path | None, larger: pathlib.Path) -> str:
     return "bitwise equal" if equal else "DIFFERENT"
 
 
-def strip(tree):
-    """A report section less its per-model lists (each workdir's report.json keeps them)."""
-    if isinstance(tree, dict):
-        return {key: strip(value) for key, value in tree.items() if key != "per_model"}
-    return tree
-
-
 def size_row(num_models: int, zoo_path: pathlib.Path, prefix: str, zoo_seconds: float) -> dict:
     config = run_config(num_models)
     workdir = run_workdir(num_models, config)
@@ -176,20 +169,20 @@ def size_row(num_models: int, zoo_path: pathlib.Path, prefix: str, zoo_seconds: 
         "original_accuracy": report["original"]["accuracy"],
         "generated_accuracy": report["generated"]["accuracy"],
         "max_iou": {
-            "generated_to_original": strip(diversity["max_iou_of_errors"]["generated_to_original"]),
-            "original_to_original": strip(diversity["max_iou_of_errors"]["original_to_original"]),
+            "generated_to_original": common.strip(diversity["max_iou_of_errors"]["generated_to_original"]),
+            "original_to_original": common.strip(diversity["max_iou_of_errors"]["original_to_original"]),
         },
         "nearest_l2": {
-            "generated_to_original": strip(diversity["nearest_l2"]["generated_to_original"]),
-            "original_to_original": strip(diversity["nearest_l2"]["original_to_original"]),
+            "generated_to_original": common.strip(diversity["nearest_l2"]["generated_to_original"]),
+            "original_to_original": common.strip(diversity["nearest_l2"]["original_to_original"]),
         },
-        "held_out": strip(held_out),
+        "held_out": common.strip(held_out),
         "generalization_gap": held_out["generalization_gap"],
         "baselines": {
             name: {
                 "accuracy": baseline["accuracy"],
-                "max_iou": strip(baseline["diversity"]["max_iou_of_errors"]["baseline_to_original"]),
-                "nearest_l2": strip(baseline["diversity"]["nearest_l2"]["baseline_to_original"]),
+                "max_iou": common.strip(baseline["diversity"]["max_iou_of_errors"]["baseline_to_original"]),
+                "nearest_l2": common.strip(baseline["diversity"]["nearest_l2"]["baseline_to_original"]),
             }
             for name, baseline in report["baselines"].items()
         },

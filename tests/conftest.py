@@ -7,6 +7,7 @@ kernels are made deterministic, as the command line makes them: tests compare
 runs bitwise.
 """
 
+import os
 import shutil
 
 import jax
@@ -40,6 +41,9 @@ def workdir(finished, tmp_path):
 @pytest.fixture(scope="session", autouse=True)
 def background(request, tmp_path_factory):
     """Subprocess-only work of the selected tests (tests/background.py), started now beside the other tests."""
-    jobs = Background(tmp_path_factory, {(item.path.name, item.originalname) for item in request.session.items})
+    # Under pytest-xdist every worker collects every test: the workers are the parallelism, and a job runs where
+    # (and when) its test asks for it.
+    selected = set() if os.environ.get("PYTEST_XDIST_WORKER") else request.session.items
+    jobs = Background(tmp_path_factory, {(item.path.name, item.originalname) for item in selected})
     yield jobs
     jobs.close()
