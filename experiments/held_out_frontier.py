@@ -4,16 +4,18 @@ zoo size with a held-out part (issue 26, part 3).
     python experiments/held_out_frontier.py --data_dir=../shared/datasets --num_models=1000
 
 Starts from zoo_scaling.py's run of --num_models models (same flags: --held_out, --flow_iterations, --flow_hidden,
---full_weights, --workdirs) and takes its zoo, canonical zoo, PCA and the zoo's own diversity as they are: nothing
-is refitted but the flow. Each knob changes one flow setting: width, dropout, weight decay, training length and
-batch size, early
-stopping on the held-out nets' flow loss (flow.early_stopping: they choose the stopping step, so for that row they
-are a validation set, not unseen), source std, and noise on the flow's targets (flow.target_noise, in the flow's
-space). The baselines are the base run's (noise on every original, mixtures, averages, a Gaussian fit), computed
-once. Per knob: accuracy, max IoU of errors with an original, nearest L2 to the training and to the held-out
-originals, the generalization gap, and whether the point lies beyond the noise baselines' frontier (more accurate
-than the line through the noise ensembles at its max IoU) at >= 95% of the originals' accuracy. Writes
-experiments/results/<--frontier_name>.{md,json,png}, rewritten after every knob; a rerun skips finished knobs.
+--full_weights, --baseline_models, --workdirs) and takes its zoo, canonical zoo, PCA and the zoo's own diversity as
+they are: nothing is refitted but the flow. Each knob changes one setting: flow width, dropout, weight decay,
+training length and batch size, early stopping on the held-out nets' flow loss (flow.early_stopping: they choose
+the stopping step, so for that row they are a validation set, not unseen), source std, noise on the flow's targets
+(flow.target_noise, in the flow's space), or the flow on full weights instead of PCA coefficients (then the PCA is
+not used). The references are the base run's flow and samples with a ladder of noise baselines (NOISE_LADDER) and
+the default mixtures, averages and Gaussian fit, computed once. Per knob: accuracy, max IoU of errors with an
+original, nearest L2 to the training and to the held-out originals, the generalization gap, and whether the
+ensemble (and what share of its models) lies beyond the noise baselines' frontier (more accurate than the line
+through the noise ensembles at its max IoU) at >= 95% of the originals' accuracy. Writes
+experiments/results/<--frontier_name>.{md,json,png}, rewritten after every knob; a rerun reads finished knobs'
+reports back.
 """
 
 import json
@@ -38,28 +40,29 @@ flags.DEFINE_integer("num_models", 1000, "Zoo size N: zoo_scaling.py's run of th
 flags.DEFINE_list("knobs", [], "Names of KNOBS to run (default: all).")
 flags.DEFINE_string("frontier_name", "held_out_frontier", "Result files: experiments/results/<name>.{md,json,png}.")
 
-# One flow setting changed per run, on top of the zoo_scaling run's (h=512, dropout 0.1, weight decay 1e-5,
+# One setting changed per run, on top of the zoo_scaling run's (dual PCA, h=512, dropout 0.1, weight decay 1e-5,
 # source std 0.01, 30k iterations of batch 8, no target noise).
 KNOBS = {
     "base": {},
-    "hidden=128": {"hidden": 128},
-    "hidden=1024": {"hidden": 1024},
-    "dropout=0": {"dropout": 0.0},
-    "dropout=0.3": {"dropout": 0.3},
-    "weight_decay=0.01": {"weight_decay": 0.01},
-    "weight_decay=0.1": {"weight_decay": 0.1},
-    "iterations=3000": {"iterations": 3000},
-    "iterations=10000": {"iterations": 10_000},
-    "iterations=100000": {"iterations": 100_000},
-    "batch_size=64": {"batch_size": 64},
-    "early_stopping": {"early_stopping": True},
-    "source_std=0.1": {"source_std": 0.1},
-    "source_std=1.0": {"source_std": 1.0},
-    "target_noise=0.1": {"target_noise": 0.1},
-    "target_noise=0.3": {"target_noise": 0.3},
-    "target_noise=1.0": {"target_noise": 1.0},
+    "hidden=128": {"flow.hidden": 128},
+    "hidden=1024": {"flow.hidden": 1024},
+    "dropout=0": {"flow.dropout": 0.0},
+    "dropout=0.3": {"flow.dropout": 0.3},
+    "weight_decay=0.01": {"flow.weight_decay": 0.01},
+    "weight_decay=0.1": {"flow.weight_decay": 0.1},
+    "iterations=3000": {"flow.iterations": 3000},
+    "iterations=10000": {"flow.iterations": 10_000},
+    "iterations=100000": {"flow.iterations": 100_000},
+    "batch_size=64": {"flow.batch_size": 64},
+    "early_stopping": {"flow.early_stopping": True},
+    "source_std=0.1": {"flow.source_std": 0.1},
+    "source_std=1.0": {"flow.source_std": 1.0},
+    "target_noise=0.1": {"flow.target_noise": 0.1},
+    "target_noise=0.3": {"flow.target_noise": 0.3},
+    "target_noise=1.0": {"flow.target_noise": 1.0},
+    "full_weights": {"pca.method": "none"},
 }
-# Taken from the base run, unchanged by any knob: the knobs change the flow only.
+# Taken from the base run (the PCA only by knobs that keep it): the knobs change the flow.
 SHARED_STAGES = ("zoo", "canonical", "pca", "zoo_diversity")
 # The reference run: the base run's stages but its baselines, which get a dense ladder of noise stds, so the line
 # through the noise ensembles follows their curve (three stds leave chords far below it).
@@ -70,7 +73,9 @@ ACCURACY_SHARE = 0.95
 
 def knob_config(overrides: dict):
     config = zoo_scaling.run_config(FLAGS.num_models)
-    config.flow.update(overrides)
+    for key, value in overrides.items():
+        section, field = key.split(".")
+        config[section][field] = value
     iterations = config.flow.iterations
     config.flow.update(
         steps_per_dispatch=min(config.flow.steps_per_dispatch, iterations),
@@ -102,12 +107,13 @@ def knob_row(name: str, overrides: dict, base: pathlib.Path) -> dict:
     config = knob_config(overrides)
     workdir = pathlib.Path(FLAGS.workdirs) / f"held_out_frontier_n{FLAGS.num_models}_{name.replace('=', '_')}"
     start = time.perf_counter()
-    report = finished_report(config, workdir, base, SHARED_STAGES)
+    shared = tuple(stage for stage in SHARED_STAGES if not any(key.startswith(f"{stage}.") for key in overrides))
+    report = finished_report(config, workdir, base, shared)
     held_out, diversity = report["held_out"], report["diversity"]
     stopping = report["flow"].get("early_stopping")
     return {
         "knob": name,
-        "overrides": {f"flow.{key}": value for key, value in overrides.items()},
+        "overrides": overrides,
         "workdir": str(workdir),
         "accuracy": report["generated"]["accuracy"],
         "per_model_accuracy": report["generated"]["per_model"],
