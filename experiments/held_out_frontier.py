@@ -234,6 +234,10 @@ def figure(result: dict) -> None:
             label=row["knob"],
         )
     model_axis.axhline(floor, color="gray", lw=0.5, ls="--")
+    target = points["originals"]
+    model_axis.scatter(
+        target["max_iou"]["mean"], target["accuracy"]["mean"], marker="*", s=120, color="black", label="originals"
+    )
     model_axis.set_xlabel("max IoU of test errors with an original (per model)")
     model_axis.set_ylabel("test accuracy (%, per model)")
     model_axis.legend(fontsize="xx-small", markerscale=2)

@@ -10,8 +10,13 @@ runs bitwise.
 import os
 import shutil
 
-import jax
-import pytest
+# pytest-xdist runs the tests in two processes (pyproject's addopts): on a GPU neither may take the 75 % of its memory
+# JAX takes up front by default.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 from background import Background
 from tiny_runs import tiny_config
 

@@ -43,7 +43,7 @@ def cosmic_ray_config(package: dict, timeout: float, copy: pathlib.Path) -> str:
         f"module-path = {json.dumps(package['modules'])}\n"
         f"timeout = {timeout}\n"
         "excluded-modules = []\n"
-        f'test-command = "{sys.executable} -m pytest -x -q -p no:cacheprovider {tests}"\n'
+        f'test-command = "{sys.executable} -m pytest -x -q -n 0 -p no:cacheprovider {tests}"\n'
         "[cosmic-ray.distributor]\n"
         'name = "local"\n'
     )
