@@ -54,7 +54,8 @@ def _summed_jensen_shannon(p: jax.Array, q: jax.Array) -> jax.Array:
 
     A source model at a time, so only (B, b, C) is held. Each term is (p log p + q log q) / 2 - m log m
     with m = (p + q) / 2: p log p and q log q are taken once per model, not once per pair, so a pair costs one
-    logarithm per entry; a copy (m = p) gives the same p log p on both sides, exactly 0.
+    logarithm per entry; a copy (m = p) gives the same p log p on both sides: 0 up to rounding (exactly 0 on CPU,
+    where nothing fuses the product into the subtraction), and the mean is clipped at 0.
     """
     p_entropy, q_entropy = xlogy(p, p), xlogy(q, q)
 

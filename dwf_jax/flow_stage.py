@@ -2,6 +2,7 @@
 
 import pathlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -146,7 +147,12 @@ class EarlyStopping:
     parameters of the step where it was lowest. Its state is saved with each checkpoint, so a resumed run keeps
     the same best step as an uninterrupted one."""
 
-    def __init__(self, config: ml_collections.ConfigDict, validation_loss, params: PyTree) -> None:
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        validation_loss: Callable[[PyTree, jax.Array, jax.Array], jax.Array],
+        params: PyTree,
+    ) -> None:
         f = config.flow
         self.every, self.iterations = f.validate_every, f.iterations
         self.validation_loss = validation_loss
@@ -165,6 +171,7 @@ class EarlyStopping:
         return cls(config, validation_loss, params)
 
     def due(self, step: int) -> bool:
+        """Validated steps: every validate_every, and the last."""
         return step % self.every == 0 or step == self.iterations
 
     def evaluate(self, step: int, params: PyTree, held_out: jax.Array) -> float:
@@ -178,6 +185,7 @@ class EarlyStopping:
         return loss
 
     def saved(self) -> dict:
+        """What a checkpoint keeps of the early stopping, beside the training state."""
         return {
             "held_out_losses": self.held_out_losses,
             "best_params": self.best_params,
@@ -185,6 +193,7 @@ class EarlyStopping:
         }
 
     def restore(self, saved: dict) -> None:
+        """Continue from a checkpoint's `saved()`."""
         self.held_out_losses = np.asarray(saved["held_out_losses"])
         self.best_params, self.best_step = saved["best_params"], int(saved["best_step"])
 

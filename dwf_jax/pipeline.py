@@ -29,7 +29,7 @@ from dwf_jax.sharding import split_models
 from dwf_jax.validation import validate_config
 from dwf_jax.weight_files import checksums
 from dwf_jax.workdir import Workdir
-from dwf_jax.zoo_store import Flattener, ZooStore, check_finite, write_rows
+from dwf_jax.zoo_store import Flattener, MemoryZoo, ZooStore, check_finite, write_rows
 
 
 class WeightSpace(NamedTuple):
@@ -93,7 +93,15 @@ def weight_space(
         f"{config.pca.method} PCA, {num_components} components of D={canonical.dim}",
         fitted["coefficients"],
         lambda samples, path: pca.inverse_transform_to_file(state, samples, path, stages.block_size(config)),
-        lambda: np.asarray(pca.transform(state, canonical.rows(training_count(config), canonical.num_models))),
+        lambda: held_out_coefficients(config, state, canonical),
+    )
+
+
+def held_out_coefficients(config: ml_collections.ConfigDict, state: pca.PCAState, canonical: ZooStore) -> np.ndarray:
+    """The held-out models' PCA coefficients, streamed over column blocks as the fit is (no (k, D) on a device)."""
+    held_out = MemoryZoo(canonical.rows(training_count(config), canonical.num_models))
+    return pca.transform_streaming(
+        state, held_out.columns, held_out.num_models, held_out.dim, stages.block_size(config)
     )
 
 
@@ -182,12 +190,8 @@ def run_stages(config: ml_collections.ConfigDict, dataset: Dataset, work: Workdi
             "generated": stages.store_evidence(predict, generated, generated, flattener, group, statistics),
         },
     )
-    within_zoo = work.run(
-        "zoo_diversity",
-        lambda: diversity.within(
-            diversity.Evidence(**stages.store_evidence(predict, original, canonical, flattener, group))
-        ),
-    )
+    # The originals' evidence depends on the zoo and its canonical form only: the stage keeps the canonical settings.
+    within_zoo = work.run("zoo_diversity", lambda: diversity.within(diversity.Evidence(**evidence["original"])))
     # Scored from the diversity evidence where it saw the same ensemble, so each ensemble is evaluated once: only
     # the accuracy before BN recalibration and regression's Spearman correlation need an evaluation of their own.
     accuracy = {

@@ -200,6 +200,11 @@ def _validate_flow(config: ml_collections.ConfigDict) -> None:
     _check(f.target_noise >= 0, f"flow.target_noise={f.target_noise} must be >= 0 (0: exact targets)")
     _check(f.validate_every >= 1, f"flow.validate_every={f.validate_every} must be >= 1")
     _check(
+        not f.early_stopping or f.validate_every < f.iterations,
+        f"flow.early_stopping with flow.validate_every={f.validate_every} >= flow.iterations={f.iterations} checks "
+        "only the last step: lower flow.validate_every",
+    )
+    _check(
         not f.early_stopping or held_out_count(config) > 0,
         f"flow.early_stopping needs held-out models to stop on: zoo.held_out={config.zoo.held_out} holds out "
         f"{held_out_count(config)} of {config.zoo.num_models}",

@@ -309,7 +309,7 @@ def cell(stats: dict, digits: int = 3) -> str:
 
 
 def markdown(rows: dict, provenance: dict) -> str:
-    per_size = rows["per_size"]
+    per_size, mixtures = rows["per_size"], mnist_mlp.get_config().baselines
     state = (
         f"**Partial**: finished N = {rows['sizes_finished']} of {rows['sizes_requested']}."
         if rows["partial"]
@@ -323,9 +323,9 @@ def markdown(rows: dict, provenance: dict) -> str:
         f"Zoos: MNIST MLP 784-32-32-10, seeds 0..N-1 (each zoo the first N models of the next, grown by training only "
         f"the new models); zoo.held_out = {FLAGS.held_out}: the last round({FLAGS.held_out} N) models are held out of "
         f"the canonical reference, the PCA and the flow. Git Re-Basin; flow h={FLAGS.flow_hidden}, "
-        f"{FLAGS.flow_iterations} iterations; baselines: the pipeline's kinds, {FLAGS.baseline_models} models per "
-        "noise / average / Gaussian ensemble (baselines.num_models; the noise moves the first, training, originals), "
-        "100 mixtures of 2.",
+        f"{FLAGS.flow_iterations} iterations; baselines: the pipeline's kinds, min(N, {FLAGS.baseline_models}) models "
+        "per noise / average / Gaussian ensemble (baselines.num_models: the noise moves the first ones, training "
+        f"originals when fewer than the training part), {mixtures.mixtures} mixtures of {mixtures.mix}.",
         "",
         "Each cell: mean ± std over the source models of their value against the nearest target model. "
         "Diversity columns (gen. / orig. -> originals) are against the whole zoo, held-out nets included; "

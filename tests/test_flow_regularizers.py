@@ -76,6 +76,8 @@ def test_early_stopping_without_held_out_models_is_one_clear_error(tmp_path):
     config.zoo.held_out = 0.0
     with pytest.raises(ValueError, match="flow.early_stopping needs held-out models"):
         validate_config(config)
+    with pytest.raises(ValueError, match="validate_every=60 >= flow.iterations=60 checks only the last step"):
+        validate_config(_config(validate_every=60))
     with pytest.raises(ValueError, match="flow.early_stopping needs an unconditioned flow and held-out models"):
         _train(_config(), tmp_path / "saves", None)
     assert not (tmp_path / "saves").exists()

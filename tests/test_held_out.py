@@ -129,6 +129,8 @@ def test_early_stopping_stops_on_the_held_out_nets_in_pca_space(two_runs, tmp_pa
     assert stopping["steps"] == [20, 40, 60] and len(stopping["held_out_loss"]) == 3
     assert stopping["best_step"] == stopping["steps"][int(np.argmin(stopping["held_out_loss"]))]
     assert f"early stopping: kept step {stopping['best_step']} of 60" in report.format_summary(result)
+    assert result["held_out"]["held_out_chose_stopping_step"] is True
+    assert "the held-out nets chose the flow's stopping step" in report.format_summary(result)
 
     canonical = _matrix(first, "canonical.f32")
     fitted, components = restore_tree(first / "pca"), _matrix(first, "pca_components.f32")
