@@ -89,8 +89,12 @@ def train_flow_stage(
     )
     losses = np.zeros(f.iterations, np.float32)
     stopping = EarlyStopping.start(config, model, source, state.params) if f.early_stopping else None
-    saved = {"state": state, "losses": losses} | ({"stopping": stopping.saved()} if stopping else {})
-    restored = saves.restore_latest(saved)
+
+    def checkpointed(state: flow.FlowState, losses: np.ndarray) -> dict:
+        """What a flow checkpoint holds: the training state, the losses so far, the early stopping's state."""
+        return {"state": state, "losses": losses} | ({"stopping": stopping.saved()} if stopping else {})
+
+    restored = saves.restore_latest(checkpointed(state, losses))
     if restored is not None:
         state, losses = flow.FlowState(*restored[1]["state"]), restored[1]["losses"]
         if stopping:
@@ -120,10 +124,7 @@ def train_flow_stage(
                     "finished stages are kept"
                 )
             if int(state.step) % f.checkpoint_every == 0 or int(state.step) == f.iterations:
-                saves.save(
-                    int(state.step),
-                    {"state": state, "losses": losses} | ({"stopping": stopping.saved()} if stopping else {}),
-                )
+                saves.save(int(state.step), checkpointed(state, losses))
             bar.update(num_steps)
             bar.set_postfix(loss=f"{float(jnp.mean(chunk_losses)):.3e}")
     steps_run = f.iterations - start_step

@@ -26,7 +26,7 @@ from dwf_jax.diversity import ColumnRange, Geometry, geometry, weight_quantiles
 from dwf_jax.evaluate import ensemble_accuracy, ensemble_predictions, percent_correct
 from dwf_jax.models import attention_head_groups, build_model, model_initializer, permutation_spec
 from dwf_jax.workdir import Workdir
-from dwf_jax.zoo_store import FirstRows, Flattener, NonFiniteWeights, ZooStore, check_finite, concatenate, stack
+from dwf_jax.zoo_store import Flattener, NonFiniteWeights, ZooStore, check_finite, concatenate, first_rows, stack
 
 PyTree = Any
 Evaluator = Callable[[PyTree], np.ndarray]
@@ -272,8 +272,7 @@ def canonicalize(
 
 def training_part(config: ml_collections.ConfigDict, store: ZooStore) -> ZooStore:
     """The models of a zoo store that anything is fitted on: all but the held-out last ones (`zoo.held_out`)."""
-    count = training_count(config)
-    return store if count == store.num_models else FirstRows(store, count)
+    return first_rows(store, training_count(config))
 
 
 def reduce(config: ml_collections.ConfigDict, canonical: ZooStore, work: Workdir) -> PyTree:
@@ -361,9 +360,9 @@ def baseline_ensembles(
     """
     b, key = config.baselines, keys.stage_key(config.seed, "baselines")
     params, num_models, count = flattener.params_columns(), canonical.num_models, ensemble_size(config)
-    moved = canonical if count == num_models else FirstRows(canonical, count)
     parts = [
-        baselines.noisy(moved, std, jax.random.fold_in(key, number), params) for number, std in enumerate(b.noise_stds)
+        baselines.noisy(first_rows(canonical, count), std, jax.random.fold_in(key, number), params)
+        for number, std in enumerate(b.noise_stds)
     ]
     if b.mixtures:
         plan = baselines.mixture_plan(

@@ -107,6 +107,11 @@ class FirstRows(NamedTuple):
         return self.store.as_array()[: self.count]
 
 
+def first_rows(store: ZooStore, count: int) -> ZooStore:
+    """The first `count` models of `store`: the store itself when that is all of them."""
+    return store if count == store.num_models else FirstRows(store, count)
+
+
 class FileZoo(NamedTuple):
     """A zoo as a raw row-major (N, D) float32 file, read with positioned reads.
 

@@ -110,9 +110,14 @@ def run_summary(report: dict, workdir: pathlib.Path, seconds: float | None) -> d
     }
 
 
+def cell(stats: dict, digits: int = 3) -> str:
+    """A summary (evaluate.summary) as `mean ± std` to `digits` decimals."""
+    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+
+
 def mean_std(stats: dict) -> str:
     """An accuracy summary (evaluate.summary) as the tables print it."""
-    return f"{stats['mean']:.2f} ± {stats['std']:.2f}"
+    return cell(stats, 2)
 
 
 def random_subset(dataset: Dataset, train: int | None, test: int | None) -> Dataset:

@@ -296,9 +296,9 @@ def markdown(result: dict, provenance: dict) -> str:
         "every knob. Each cell: mean ± std over the models of their value against the nearest target.",
         "",
         f"Originals: accuracy {common.mean_std(originals['accuracy'])}, max IoU with another original "
-        f"{zoo_scaling.cell(originals['max_iou'])}, L2 to the nearest other original "
-        f"{zoo_scaling.cell(originals['nearest_l2'], 2)}, held-out originals to the nearest training original "
-        f"{zoo_scaling.cell(originals['held_out_to_training_l2'], 2)} (the yardstick of the gap).",
+        f"{common.cell(originals['max_iou'])}, L2 to the nearest other original "
+        f"{common.cell(originals['nearest_l2'], 2)}, held-out originals to the nearest training original "
+        f"{common.cell(originals['held_out_to_training_l2'], 2)} (the yardstick of the gap).",
         "",
         "| knob | accuracy (%) | max IoU gen. -> orig. | L2 gen. -> train | L2 gen. -> held-out | gap "
         "| noise line at its IoU (%) | beyond the noise frontier | >= 95% of orig. acc. | models >= 95% "
@@ -308,9 +308,9 @@ def markdown(result: dict, provenance: dict) -> str:
     for row in result["knobs"]:
         stop = f" (kept step {row['early_stopping_step']})" if row["early_stopping_step"] is not None else ""
         lines.append(
-            f"| {row['knob']}{stop} | {common.mean_std(row['accuracy'])} | {zoo_scaling.cell(row['max_iou'])} "
-            f"| {zoo_scaling.cell(row['nearest_l2_to_training'], 2)} "
-            f"| {zoo_scaling.cell(row['nearest_l2_to_held_out'], 2)} | {row['generalization_gap']:.3f} "
+            f"| {row['knob']}{stop} | {common.mean_std(row['accuracy'])} | {common.cell(row['max_iou'])} "
+            f"| {common.cell(row['nearest_l2_to_training'], 2)} "
+            f"| {common.cell(row['nearest_l2_to_held_out'], 2)} | {row['generalization_gap']:.3f} "
             f"| {row['noise_line_accuracy_at_its_max_iou']:.2f} | {'yes' if row['beyond_noise_frontier'] else 'no'} "
             f"| {'yes' if row['at_95_percent_of_original_accuracy'] else 'no'} "
             f"| {row['share_of_models_at_95_percent']:.0%} "
@@ -326,8 +326,8 @@ def markdown(result: dict, provenance: dict) -> str:
     ]
     for name, point in points.items():
         lines.append(
-            f"| {name} | {common.mean_std(point['accuracy'])} | {zoo_scaling.cell(point['max_iou'])} "
-            f"| {zoo_scaling.cell(point['nearest_l2'], 2)} |"
+            f"| {name} | {common.mean_std(point['accuracy'])} | {common.cell(point['max_iou'])} "
+            f"| {common.cell(point['nearest_l2'], 2)} |"
         )
     winners = [
         row["knob"]

@@ -218,10 +218,6 @@ def table_rows(code: str, start: float) -> dict:
     return result
 
 
-def cell(stats: dict, digits: int = 3) -> str:
-    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
-
-
 def markdown(rows: dict, provenance: dict) -> str:
     per_zoo = rows["per_zoo"]
     state = (
@@ -253,12 +249,11 @@ def markdown(rows: dict, provenance: dict) -> str:
             f"| {row['description']} ({row['num_params']:,} params) "
             f"| {row['num_models']} ({row['num_training']} / {row['num_held_out']}), {row['epochs']} "
             f"| {row['flow_space']} | {row['num_samples']} "
-            f"| {original['mean']:.{digits}f} ± {original['std']:.{digits}f} "
-            f"| {generated['mean']:.{digits}f} ± {generated['std']:.{digits}f} "
-            f"| {cell(iou['generated_to_training'])} | {cell(iou['generated_to_held_out'])} "
-            f"| {cell(iou['held_out_to_training'])} "
-            f"| {cell(l2['generated_to_training'], 2)} | {cell(l2['generated_to_held_out'], 2)} "
-            f"| {cell(l2['held_out_to_training'], 2)} | {'-' if gap is None else format(gap, '.3f')} |"
+            f"| {common.cell(original, digits)} | {common.cell(generated, digits)} "
+            f"| {common.cell(iou['generated_to_training'])} | {common.cell(iou['generated_to_held_out'])} "
+            f"| {common.cell(iou['held_out_to_training'])} "
+            f"| {common.cell(l2['generated_to_training'], 2)} | {common.cell(l2['generated_to_held_out'], 2)} "
+            f"| {common.cell(l2['held_out_to_training'], 2)} | {'-' if gap is None else format(gap, '.3f')} |"
         )
     lines += [
         "",

@@ -230,8 +230,8 @@ def noise_names(rows: dict) -> list[str]:
 
 
 def figure(rows: dict) -> None:
-    """Novelty against N: max IoU of errors and nearest L2 to the nearest original, with the originals' own level
-    (the target) and the noise baselines (references)."""
+    """Accuracy and novelty against N: accuracy, max IoU of errors and nearest L2 to the nearest original, with the
+    originals' own level (the target) and the noise baselines (references)."""
     per_size = rows["per_size"]
     n = [row["num_models"] for row in per_size]
     canvas = Figure(figsize=(16, 4.4))
@@ -244,6 +244,27 @@ def figure(rows: dict) -> None:
     def line(axis, values, **style):
         axis.errorbar(n, [v["mean"] for v in values], yerr=[v["std"] for v in values], capsize=3, **style)
 
+    def finish(axis, key: str, xlabel: str, ylabel: str) -> None:
+        """The noise baselines' level of `key`, a log N axis, labels and legend."""
+        for number, name in enumerate(noise_names(rows)):
+            values = [row["baselines"][name][key]["mean"] for row in per_size]
+            axis.plot(n, values, ":", color=f"C{number + 3}", label=f"baseline {name.replace('_', ' ')}")
+        axis.set_xscale("log")
+        axis.set_xticks(n, [str(size) for size in n], minor=False)
+        axis.minorticks_off()
+        axis.set_xlabel(xlabel)
+        axis.set_ylabel(ylabel)
+        axis.legend(fontsize="x-small")
+
+    line(accuracy_axis, [row["generated_accuracy"] for row in per_size], fmt="o-", color="C0", label="generated")
+    line(
+        accuracy_axis,
+        [row["original_accuracy"] for row in per_size],
+        fmt="s--",
+        color="C1",
+        label="originals (the target)",
+    )
+    finish(accuracy_axis, "accuracy", "zoo size N", "MNIST test accuracy (%)")
     for axis, key, held_key, label in panels:
         line(axis, [row[key]["generated_to_original"] for row in per_size], fmt="o-", color="C0", label="generated")
         line(
@@ -267,45 +288,12 @@ def figure(rows: dict) -> None:
             color="dimgray",
             label="held-out originals -> training (yardstick)",
         )
-        for number, name in enumerate(noise_names(rows)):
-            values = [row["baselines"][name][key]["mean"] for row in per_size]
-            axis.plot(n, values, ":", color=f"C{number + 3}", label=f"baseline {name.replace('_', ' ')}")
-        axis.set_xscale("log")
-        axis.set_xticks(n, [str(size) for size in n], minor=False)
-        axis.minorticks_off()
-        axis.set_xlabel(f"zoo size N (the last {FLAGS.held_out:g} of each held out)")
-        axis.set_ylabel(label)
-        axis.legend(fontsize="x-small")
-    for key, style, label in (
-        ("generated_accuracy", "o-", "generated"),
-        ("original_accuracy", "s--", "originals (the target)"),
-    ):
-        values = [row[key] for row in per_size]
-        means, stds = [v["mean"] for v in values], [v["std"] for v in values]
-        accuracy_axis.errorbar(n, means, yerr=stds, fmt=style, capsize=3, label=label)
-    for number, name in enumerate(noise_names(rows)):
-        accuracy_axis.plot(
-            n,
-            [row["baselines"][name]["accuracy"]["mean"] for row in per_size],
-            ":",
-            color=f"C{number + 3}",
-            label=f"baseline {name.replace('_', ' ')}",
-        )
-    accuracy_axis.set_xscale("log")
-    accuracy_axis.set_xticks(n, [str(size) for size in n], minor=False)
-    accuracy_axis.minorticks_off()
-    accuracy_axis.set_xlabel("zoo size N")
-    accuracy_axis.set_ylabel("MNIST test accuracy (%)")
-    accuracy_axis.legend(fontsize="x-small")
+        finish(axis, key, f"zoo size N (the last {FLAGS.held_out:g} of each held out)", label)
     status = " (partial)" if rows["partial"] else ""
     canvas.suptitle(f"MNIST MLP 784-32-32-10: accuracy and novelty of generated nets against zoo size{status}")
     canvas.tight_layout()
     common.RESULTS.mkdir(parents=True, exist_ok=True)
     canvas.savefig(common.RESULTS / f"{FLAGS.name}.png", dpi=120)
-
-
-def cell(stats: dict, digits: int = 3) -> str:
-    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
 
 
 def markdown(rows: dict, provenance: dict) -> str:
@@ -343,11 +331,12 @@ def markdown(rows: dict, provenance: dict) -> str:
         lines.append(
             f"| {row['num_models']} ({row['num_training']} / {row['num_held_out']}) | {row['flow_space']} "
             f"| {common.mean_std(row['original_accuracy'])} | {common.mean_std(row['generated_accuracy'])} "
-            f"| {cell(row['max_iou']['generated_to_original'])} | {cell(row['max_iou']['original_to_original'])} "
-            f"| {cell(row['nearest_l2']['generated_to_original'], 2)} "
-            f"| {cell(row['nearest_l2']['original_to_original'], 2)} "
-            f"| {cell(l2['generated_to_training'], 2)} | {cell(l2['generated_to_held_out'], 2)} "
-            f"| {cell(l2['held_out_to_training'], 2)} | {'-' if gap is None else format(gap, '.3f')} "
+            f"| {common.cell(row['max_iou']['generated_to_original'])} "
+            f"| {common.cell(row['max_iou']['original_to_original'])} "
+            f"| {common.cell(row['nearest_l2']['generated_to_original'], 2)} "
+            f"| {common.cell(row['nearest_l2']['original_to_original'], 2)} "
+            f"| {common.cell(l2['generated_to_training'], 2)} | {common.cell(l2['generated_to_held_out'], 2)} "
+            f"| {common.cell(l2['held_out_to_training'], 2)} | {'-' if gap is None else format(gap, '.3f')} "
             f"| {row['flow_seconds']:.0f} | {row['zoo_seconds_new_models']:.0f} / {row['zoo_seconds_cumulative']:.0f} |"
         )
     lines += [
@@ -360,13 +349,13 @@ def markdown(rows: dict, provenance: dict) -> str:
     for row in per_size:
         lines.append(
             f"| {row['num_models']} | generated | {common.mean_std(row['generated_accuracy'])} "
-            f"| {cell(row['max_iou']['generated_to_original'])} "
-            f"| {cell(row['nearest_l2']['generated_to_original'], 2)} |"
+            f"| {common.cell(row['max_iou']['generated_to_original'])} "
+            f"| {common.cell(row['nearest_l2']['generated_to_original'], 2)} |"
         )
         for name, baseline in row["baselines"].items():
             lines.append(
                 f"| {row['num_models']} | {name} | {common.mean_std(baseline['accuracy'])} "
-                f"| {cell(baseline['max_iou'])} | {cell(baseline['nearest_l2'], 2)} |"
+                f"| {common.cell(baseline['max_iou'])} | {common.cell(baseline['nearest_l2'], 2)} |"
             )
     lines += [
         "",
