@@ -55,6 +55,9 @@ RESULT_FREE_KEYS = (
     "flow.steps_per_dispatch",
     "flow.checkpoint_every",
 )
+# Keys that change a result only when another key is on: flow.validate_every picks the steps early stopping
+# compares; without it the flow never validates.
+CONDITIONAL_KEYS = {"flow.validate_every": "flow.early_stopping"}
 DATA_FINGERPRINT = "data.fingerprint"
 # Files a zoo is read from (name -> checksum), in place of their paths: moved files give the same zoo. An imported
 # zoo's files, and the checkpoint its models start from.
@@ -72,6 +75,9 @@ def stage_settings(
     """Per stage, the values of the keys its result depends on: the data's fingerprint in place of its path, and
     `files` ({SOURCE_FILES or PRETRAINED_FILES: {file name: checksum}}) in place of the paths they were read from."""
     flat = {key: value for key, value in flatten(config_as_dict(config)).items() if key not in RESULT_FREE_KEYS}
+    for key, switch in CONDITIONAL_KEYS.items():
+        if not flat[switch]:
+            del flat[key]
     flat[DATA_FINGERPRINT] = data_fingerprint
     flat.update(files or {})
     settings = {

@@ -119,8 +119,8 @@ def markdown(rows: list[dict], provenance: dict) -> str:
     for row in rows:
         seconds = f"{row['flow_seconds']:.0f}" if row.get("flow_seconds") is not None else "-"
         lines.append(
-            f"| {row['knob']} | {common.mean_std(row['accuracy'])} | {table17_mnist.cell(row['max_iou'])} "
-            f"| {table17_mnist.cell(row['nearest_l2'])} | {seconds} |"
+            f"| {row['knob']} | {common.mean_std(row['accuracy'])} | {common.cell(row['max_iou'], 4)} "
+            f"| {common.cell(row['nearest_l2'], 4)} | {seconds} |"
         )
     lines += ["", "Figure: novelty_frontier.png", ""]
     return "\n".join(lines)

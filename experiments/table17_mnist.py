@@ -90,10 +90,6 @@ def table_rows() -> list[dict]:
     return rows
 
 
-def cell(stats: dict) -> str:
-    return f"{stats['mean']:.4f} ± {stats['std']:.4f}"
-
-
 def markdown(rows: list[dict], provenance: dict) -> str:
     lines = [
         *common.header_lines("Table 17 (MNIST MLP): diversity of generated networks, and the baselines", provenance),
@@ -108,7 +104,7 @@ def markdown(rows: list[dict], provenance: dict) -> str:
     for row in rows:
         section = row["report"]["diversity"]
         for metric, label in METRICS.items():
-            cells = " | ".join(cell(section[metric][direction]) for direction in diversity.DIRECTIONS)
+            cells = " | ".join(common.cell(section[metric][direction], 4) for direction in diversity.DIRECTIONS)
             lines.append(f"| {row['variant']} | {label} | {cells} |")
     lines += [
         "",
@@ -135,7 +131,8 @@ def markdown(rows: list[dict], provenance: dict) -> str:
         for name, accuracy, section, direction in ensembles:
             lines.append(
                 f"| {row['variant']} | {name} | {common.mean_std(accuracy)} "
-                f"| {cell(section['max_iou_of_errors'][direction])} | {cell(section['nearest_l2'][direction])} |"
+                f"| {common.cell(section['max_iou_of_errors'][direction], 4)} "
+                f"| {common.cell(section['nearest_l2'][direction], 4)} |"
             )
     lines += ["", "Stage times (s) of each run, stages computed by earlier invocations included:", ""]
     for row in rows:

@@ -118,3 +118,16 @@ def test_a_stage_of_an_older_layout_is_refused_by_name(workdir):
     manifest_path.write_text(json.dumps(manifest))
     expected = r"stage diversity .* other settings \(stage_layout: None -> 3\); delete diversity"
     refused(workdir, WorkdirConfigMismatch, expected, lambda: pipeline.run(config, workdir, progress=False))
+
+
+def test_validate_every_counts_only_with_early_stopping():
+    """Without early stopping the flow never validates: flow.validate_every may change without rerunning it."""
+    config = base_config()
+    config.flow.validate_every = 7
+    assert differences(stage_settings(base_config(), "f")["flow"], stage_settings(config, "f")["flow"]) == []
+    config.flow.early_stopping = True
+    stopping = base_config()
+    stopping.flow.early_stopping = True
+    assert differences(stage_settings(stopping, "f")["flow"], stage_settings(config, "f")["flow"]) == [
+        "flow.validate_every: 1000 -> 7"
+    ]
