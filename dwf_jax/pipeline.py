@@ -191,7 +191,9 @@ def run_stages(config: ml_collections.ConfigDict, dataset: Dataset, work: Workdi
         },
     )
     # The originals' evidence depends on the zoo and its canonical form only: the stage keeps the canonical settings.
-    within_zoo = work.run("zoo_diversity", lambda: diversity.within(diversity.Evidence(**evidence["original"])))
+    within_zoo = work.run(
+        "zoo_diversity", lambda: diversity.within(diversity.Evidence(**evidence["original"]), progress)
+    )
     # Scored from the diversity evidence where it saw the same ensemble, so each ensemble is evaluated once: only
     # the accuracy before BN recalibration and regression's Spearman correlation need an evaluation of their own.
     accuracy = {

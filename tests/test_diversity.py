@@ -57,6 +57,18 @@ def test_per_example_jensen_shannon_is_the_same_in_any_block(block_elements, til
     )
 
 
+@pytest.mark.parametrize("tile", [2, 128])
+def test_the_jensen_shannon_bar_counts_each_pair_once(tile, capsys):
+    """Within one set the upper triangle (5 * 6 / 2 = 15 pairs), across two sets every pair (5 * 3); same values."""
+    rng = np.random.default_rng(3)
+    p, q = (softmax(rng.normal(size=(n, 7, 4)), axis=-1).astype(np.float32) for n in (5, 3))
+    for a, b, pairs in ((p, p, 15), (p, q, 15), (q, p, 15)):
+        shown = diversity.per_example_jensen_shannon(a, b, tile=tile, progress=True)
+        np.testing.assert_array_equal(shown, diversity.per_example_jensen_shannon(a, b, tile=tile))
+        final = capsys.readouterr().err.rstrip().split("\r")[-1]
+        assert "100%" in final and f"{pairs:.1f}/{pairs:.1f}" in final, final
+
+
 def test_jensen_shannon_is_zero_for_identical_and_one_bit_for_disjoint_predictions():
     p = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
     matrix = np.asarray(diversity.jensen_shannon(p, p))
