@@ -14,7 +14,6 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 import optax
 from absl import logging
-from tensorboardX.record_writer import masked_crc32c
 
 from dwf_jax import processes
 
@@ -124,6 +123,8 @@ def _records(path: pathlib.Path) -> Iterator[bytes]:
     A record cut short or failing a checksum ends the file, with a warning: a run killed while writing leaves
     that, and curves are never worth stopping a run for.
     """
+    from tensorboardX.record_writer import masked_crc32c  # here, as SummaryWriter
+
     raw, offset = path.read_bytes(), 0
     while offset < len(raw):
         header = raw[offset : offset + 8]

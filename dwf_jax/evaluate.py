@@ -10,7 +10,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.stats
 
 from dwf_jax.diversity import ColumnRange, Geometry, geometry, nearest, pairwise_sums
 from dwf_jax.ensemble import map_models
@@ -97,6 +96,8 @@ def ensemble_accuracy(
 
 def spearman(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Each row's Spearman rank correlation with `targets`; 0 for a row of equal scores, which ranks nothing."""
+    import scipy.stats  # here: scipy.stats takes ~0.5 s to import, which every command line start would pay
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", scipy.stats.ConstantInputWarning)
         rho = np.array([scipy.stats.spearmanr(row, targets).statistic for row in scores], np.float64)

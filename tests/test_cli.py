@@ -146,3 +146,12 @@ def test_ctrl_c_is_one_line_and_status_130(tmp_path):
     lines = problem_lines(text)
     assert returncode == 130 and "Traceback" not in text, text
     assert len(lines) == 1 and lines[0].startswith("dwf_jax: ") and "interrupted" in lines[0].lower(), text
+
+
+def test_the_command_line_starts_without_torch_tensorboard_or_scipy_stats():
+    """Each takes ~0.5-1 s to import (torch comes with tensorboardX where installed): a bad flag is answered
+    without them; they are imported where a run first needs them."""
+    heavy = ("torch", "tensorboardX", "scipy.stats")
+    probe = f"import sys, dwf_jax.cli; print(sorted(set({heavy!r}) & set(sys.modules)))"
+    output = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert output.stdout.strip() == "[]", output.stdout
