@@ -9,39 +9,22 @@ runs bitwise.
 
 import os
 import shutil
-import tempfile
 
 # pytest-xdist runs the tests in two processes (pyproject's addopts): on a GPU neither may take the 75 % of its memory
 # JAX takes up front by default.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-# Both test processes and every subprocess a test starts compile the same tiny programs: one persistent compilation
-# cache for the session (made here, in the process that starts the others, and removed at its end) compiles each
-# once. A size limit makes JAX lock the cache, so processes never read each other's half-written entries.
-SESSION_COMPILATION_CACHE = None
-if not os.environ.get("PYTEST_XDIST_WORKER") and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    SESSION_COMPILATION_CACHE = tempfile.mkdtemp(prefix="dwf_jax_test_compilation_cache_")
-    os.environ.update(
-        JAX_COMPILATION_CACHE_DIR=SESSION_COMPILATION_CACHE,
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_COMPILATION_CACHE_MAX_SIZE=str(8 * 2**30),
-    )
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
-from background import Background  # noqa: E402
-from tiny_runs import tiny_config  # noqa: E402
+from background import Background
+from tiny_runs import tiny_config
 
-from dwf_jax import pipeline  # noqa: E402
-from dwf_jax.cli import use_deterministic_gpu_ops  # noqa: E402
+from dwf_jax import pipeline
+from dwf_jax.cli import use_deterministic_gpu_ops
 
 jax.config.update("jax_default_matmul_precision", "highest")
 use_deterministic_gpu_ops()
-
-
-def pytest_unconfigure(config):
-    if SESSION_COMPILATION_CACHE:
-        shutil.rmtree(SESSION_COMPILATION_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

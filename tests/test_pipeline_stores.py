@@ -1,5 +1,7 @@
 """One pipeline over both zoo stores: zoos in memory and zoos on disk save the same stages and give the same report."""
 
+import contextlib
+
 import jax
 import numpy as np
 import pytest
@@ -94,12 +96,26 @@ def _config(case, data_dir, on_disk):
     return config
 
 
+@contextlib.contextmanager
+def shared_compilation_cache(path):
+    """Both runs compile the same programs: a persistent compilation cache lets the second reuse them."""
+    options = {"jax_compilation_cache_dir": str(path), "jax_persistent_cache_min_compile_time_secs": 0.0}
+    saved = {name: getattr(jax.config, name) for name in options}
+    for name, value in options.items():
+        jax.config.update(name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            jax.config.update(name, value)
+
+
 @pytest.fixture(scope="module", params=["mlp", "cnn"])
 def runs(request, tmp_path_factory):
     """The same tiny run with the zoo in memory and on disk, then the on-disk one again (all stages loaded)."""
     case, root = request.param, tmp_path_factory.mktemp(request.param)
     data_dir = write_tiny_cifar10(root) if case == "cnn" else None
-    with pytest.MonkeyPatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch, shared_compilation_cache(root / "jit_cache"):
         patch.setenv("DWF_CACHE_DIR", str(root / "cache"))
         workdirs = {on_disk: root / f"work_{on_disk}" for on_disk in (False, True)}
         results = {
