@@ -75,9 +75,6 @@ def stage_settings(
     """Per stage, the values of the keys its result depends on: the data's fingerprint in place of its path, and
     `files` ({SOURCE_FILES or PRETRAINED_FILES: {file name: checksum}}) in place of the paths they were read from."""
     flat = {key: value for key, value in flatten(config_as_dict(config)).items() if key not in RESULT_FREE_KEYS}
-    for key, switch in CONDITIONAL_KEYS.items():
-        if not flat[switch]:
-            del flat[key]
     flat[DATA_FINGERPRINT] = data_fingerprint
     flat.update(files or {})
     settings = {
@@ -98,6 +95,8 @@ def differences(recorded: Settings, now: Settings, ignore: tuple[str, ...] = ())
     key existed stay usable while the new key keeps its default.
     """
     defaults = flatten(config_as_dict(base_config()))
+    # A conditional key whose switch is off now counts on neither side.
+    ignore = (*ignore, *(key for key, switch in CONDITIONAL_KEYS.items() if not now.get(switch, defaults[switch])))
     keys = sorted(key for key in recorded.keys() | now.keys() if key not in ignore)
     return [
         f"{key}: {recorded.get(key)!r} -> {now.get(key)!r}"

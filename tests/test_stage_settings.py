@@ -125,6 +125,8 @@ def test_validate_every_counts_only_with_early_stopping():
     config = base_config()
     config.flow.validate_every = 7
     assert differences(stage_settings(base_config(), "f")["flow"], stage_settings(config, "f")["flow"]) == []
+    recorded = {**stage_settings(base_config(), "f")["flow"], "flow.validate_every": 7}  # recorded before
+    assert differences(recorded, stage_settings(base_config(), "f")["flow"]) == []
     config.flow.early_stopping = True
     stopping = base_config()
     stopping.flow.early_stopping = True
