@@ -84,9 +84,28 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return {key: value if key == "format" else json.loads(value) for key, value in metadata.items()}
 
 
+def _sort_header(path: pathlib.Path) -> None:
+    """Rewrite a safetensors header in sorted key order, in place.
+
+    safetensors keeps the header in a Rust HashMap, so the same nets would give files of
+    different bytes (and checksums) on every write; sorted, compact JSON has the same length,
+    so the tensor data and its offsets stay where they are.
+    """
+    with open(path, "r+b") as file:
+        length = int.from_bytes(file.read(8), "little")
+        header = json.loads(file.read(length))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > length:
+            raise WeightFileError(f"{path}: the sorted safetensors header is longer than the one written")
+        file.seek(8)
+        file.write(text.ljust(length))
+
+
 def write_safetensors(path: pathlib.Path, state_dict: dict[str, np.ndarray], metadata: dict[str, Any]) -> None:
-    """One safetensors file, its metadata JSON-encoded under `format: pt`; written beside, then renamed into place."""
+    """One safetensors file, its metadata JSON-encoded under `format: pt`, header keys sorted so equal nets give
+    equal bytes; written beside, then renamed into place."""
     header = {"format": "pt", **{key: json.dumps(value) for key, value in metadata.items()}}
     partial = path.with_name(path.name + ".partial")
     save_file({key: np.ascontiguousarray(value) for key, value in state_dict.items()}, partial, metadata=header)
+    _sort_header(partial)
     os.replace(partial, path)

@@ -208,18 +208,33 @@ def figure(result: dict) -> None:
     canvas = Figure(figsize=(16, 4.8))
     iou_axis, model_axis, gap_axis = canvas.subplots(1, 3)
     ious, accuracies = noise_frontier(points)
-    iou_axis.plot(ious, accuracies, "k:", label="noise baselines' frontier")
+    iou_axis.plot(ious, accuracies, "k:", label="noise baselines' frontier (under each: the noise std)")
     for name, point in points.items():
         marker = "*" if name == "originals" else "s"
-        iou_axis.scatter(point["max_iou"]["mean"], point["accuracy"]["mean"], marker=marker, color="gray", s=50)
-        iou_axis.annotate(name, (point["max_iou"]["mean"], point["accuracy"]["mean"]), fontsize=6, color="gray")
+        where = (point["max_iou"]["mean"], point["accuracy"]["mean"])
+        iou_axis.scatter(*where, marker=marker, color="gray", s=50)
+        # The noise ladder crowds the top right: its stds go under the squares, the legend says what they are.
+        noise = name.removeprefix("noise_std_") if name.startswith("noise_std_") else None
+        label, offset = (noise, (0, -9)) if noise else (name, (3, 3))
+        iou_axis.annotate(
+            label,
+            where,
+            xytext=offset,
+            textcoords="offset points",
+            ha="center" if noise else "left",
+            fontsize=6,
+            color="gray",
+        )
     floor = ACCURACY_SHARE * points["originals"]["accuracy"]["mean"]
     iou_axis.axhline(floor, color="gray", lw=0.5, ls="--", label=f"{ACCURACY_SHARE:.0%} of the originals' accuracy")
     for row in rows:
         iou_axis.scatter(row["max_iou"]["mean"], row["accuracy"]["mean"], color="C0")
-        iou_axis.annotate(row["knob"], (row["max_iou"]["mean"], row["accuracy"]["mean"]), fontsize=6)
         gap_axis.scatter(row["generalization_gap"], row["accuracy"]["mean"], color="C0")
-        gap_axis.annotate(row["knob"], (row["generalization_gap"], row["accuracy"]["mean"]), fontsize=6)
+        for axis, where in (
+            (iou_axis, (row["max_iou"]["mean"], row["accuracy"]["mean"])),
+            (gap_axis, (row["generalization_gap"], row["accuracy"]["mean"])),
+        ):
+            axis.annotate(row["knob"], where, xytext=(4, 2), textcoords="offset points", fontsize=6)
     for name, point in points.items():
         if name.startswith("noise_std_"):
             model_axis.scatter(point["per_model_max_iou"], point["per_model_accuracy"], s=3, color="gray", alpha=0.3)
@@ -240,7 +255,9 @@ def figure(result: dict) -> None:
     )
     model_axis.set_xlabel("max IoU of test errors with an original (per model)")
     model_axis.set_ylabel("test accuracy (%, per model)")
-    model_axis.legend(fontsize="xx-small", markerscale=2)
+    for handle in model_axis.legend(fontsize="xx-small").legend_handles:
+        if hasattr(handle, "set_sizes"):  # scatter dots too small to tell apart there, the star too large
+            handle.set_sizes([20])
     iou_axis.set_xlabel("max IoU of test errors with an original (mean; originals: with another)")
     iou_axis.set_ylabel("test accuracy (%, mean)")
     iou_axis.legend(fontsize="x-small")

@@ -119,9 +119,13 @@ def test_traceback_flag_shows_the_stack(launched, case):
     assert returncode != 0 and "Traceback (most recent call last)" in stderr, stderr
 
 
-def default_sigint() -> None:
-    """SIGINT as at a terminal, also where the tests run in the background (whose children ignore SIGINT)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# Starts argv with SIGINT as at a terminal, also where the tests run in the background (whose children ignore
+# SIGINT): a Python that resets it, then execs; preexec_fn would fork the test process, which JAX's threads forbid.
+WITH_DEFAULT_SIGINT = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])",
+]
 
 
 def test_ctrl_c_is_one_line_and_status_130(tmp_path):
@@ -130,7 +134,7 @@ def test_ctrl_c_is_one_line_and_status_130(tmp_path):
     log = tmp_path / "stderr.txt"
     with log.open("w") as stderr:
         argv = command(IRIS, f"--workdir={workdir}", "--progress=false", *overrides)
-        process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=default_sigint)
+        process = subprocess.Popen([*WITH_DEFAULT_SIGINT, *argv], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
         try:
             deadline = time.monotonic() + 60
             while not any((workdir / folder).exists() for folder in ("zoo_chunks", "flow_checkpoints")):

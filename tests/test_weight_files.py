@@ -87,6 +87,19 @@ def test_num_batches_tracked_is_written_and_may_be_absent():
     torch_layout.from_state_dict(config, state_dict, variables)
 
 
+def test_the_same_net_and_metadata_give_the_same_bytes(tmp_path):
+    config, variables = random_variables("mlp")
+    state_dict = torch_layout.to_state_dict(config, variables)
+    metadata = {f"key{index}": index for index in range(8)}  # many keys: a random order is all but sure to show
+    paths = [tmp_path / f"net{index}.safetensors" for index in range(3)]
+    for path in paths:
+        weight_files.write_safetensors(path, state_dict, metadata)
+    assert len({path.read_bytes() for path in paths}) == 1
+    assert weight_files.read_metadata(paths[0]) == {"format": "pt", **metadata}
+    for key, value in weight_files.read_state_dict(paths[0]).items():
+        np.testing.assert_array_equal(value, state_dict[key])
+
+
 def test_files_are_taken_in_natural_order(tmp_path):
     for seed in (10, 2, 1):
         (tmp_path / f"mlp_seed{seed}.safetensors").write_bytes(b"")
